@@ -1,0 +1,200 @@
+"""The typed config of one IMP experiment, loaded from YAML with ``key.sub=value`` overrides.
+
+Validated once here; everything downstream trusts it. Errors name the file and the field.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lt_core.model_defaults import MODEL_DEFAULTS
+from lt_core.models import MODELS
+from lt_core.steps import Step
+
+
+class ConfigError(ValueError):
+    """A one-line, field-named description of bad input."""
+
+
+def _check_step(text: str) -> str:
+    Step.parse(text)
+    return text
+
+
+StepText = Annotated[str, AfterValidator(_check_step)]
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    name: str
+
+    @model_validator(mode="after")
+    def _known(self) -> "ModelConfig":
+        if self.name not in MODELS:
+            raise ValueError(f"unknown model {self.name!r}; choose from {', '.join(MODELS)}")
+        return self
+
+
+class DataConfig(_Strict):
+    name: Literal["mnist", "fashion_mnist", "cifar10", "cifar100", "npz"]
+    root: str = "~/.cache/lt_sweep/data"  # torchvision datasets live (or are downloaded) here
+    path: str | None = None  # the .npz file when name == "npz"
+    download: bool = True
+    train_split: str = "train"  # e.g. "train[:5000]"
+    test_split: str = "test"
+    val_size: int = Field(0, ge=0)  # examples held out from the end of the train split
+    augment: bool | None = None  # None: random crop + flip for CIFAR, none otherwise
+
+    @model_validator(mode="after")
+    def _npz_needs_path(self) -> "DataConfig":
+        if self.name == "npz" and not self.path:
+            raise ValueError("data.path is required when data.name is 'npz'")
+        return self
+
+
+class TrainConfig(_Strict):
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.1, gt=0.0)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0.0)
+    batch_size: int = Field(128, ge=1)
+    length: StepText = "40ep"
+    schedule: Literal["constant", "multistep", "cosine"] = "constant"
+    milestones: list[StepText] = []
+    gamma: float = Field(0.1, gt=0.0)
+    warmup: StepText = "0it"
+    eval_every: StepText = "1ep"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainConfig":
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov needs optimizer 'sgd' with momentum > 0")
+        if Step.parse(self.eval_every) == Step(0, 0):
+            raise ValueError("eval_every must be positive")
+        if Step.parse(self.length) == Step(0, 0):
+            raise ValueError("length must be positive")
+        return self
+
+
+class PruningConfig(_Strict):
+    scope: Literal["global", "layerwise"] = "global"
+    rate: Fraction = 0.2  # fraction of the surviving weights removed per level
+    # Per-layer rates: a prunable parameter name, or "output", "conv", "linear" (most specific wins).
+    # A rate of 0 leaves the layer dense. In global scope these layers are pruned on their own.
+    layer_rates: dict[str, Annotated[float, Field(ge=0.0, lt=1.0)]] = {}
+    min_layer_density: float = Field(0.0, ge=0.0, le=1.0)  # guard against layer collapse
+    mode: Literal["iterative", "one_shot"] = "iterative"
+    target_density: Fraction | None = None  # one_shot only: prune straight to this density
+
+
+class ImpConfig(_Strict):
+    levels: int = Field(10, ge=0)  # pruned levels after the dense level 0
+    rewind: StepText = "0it"  # k: rewind point (0it = reset to init, the original LTH)
+    retrain: Literal["rewind", "lr_rewind", "finetune"] = "rewind"
+    controls: list[Literal["reinit", "random_prune", "shuffle"]] = []
+
+
+class ExperimentConfig(_Strict):
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig = TrainConfig()
+    pruning: PruningConfig = PruningConfig()
+    imp: ImpConfig = ImpConfig()
+    seed: int = 0
+    device: str = "auto"  # "auto" = cuda if available, else cpu
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ExperimentConfig":
+        if self.pruning.target_density is not None:
+            if self.pruning.mode != "one_shot":
+                raise ValueError("pruning.target_density needs pruning.mode 'one_shot'")
+            if self.imp.levels != 1:
+                raise ValueError("pruning.target_density prunes in one level: set imp.levels to 1")
+        if len(set(self.imp.controls)) != len(self.imp.controls):
+            raise ValueError("imp.controls lists a control twice")
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def deep_merge(base: dict, top: dict) -> dict:
+    """``top`` over ``base``, recursively for nested dicts; neither input is modified."""
+    merged = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def apply_overrides(raw: dict, overrides: list[str], source: str = "--set") -> dict:
+    """Apply ``key.sub=value`` strings (values parsed as YAML scalars/lists) to a nested dict."""
+    result = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{source}: {item!r} is not key.sub=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{source}: {key}: cannot parse value {text!r}") from err
+        node = result
+        parts = key.strip().split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{source}: {'.'.join(parts[:i + 1])} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        message = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+        parts.append(f"{field}: {message.removeprefix('Value error, ')}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def config_from_dict(raw: Any, source: str = "config") -> ExperimentConfig:
+    """Validate a raw dict on top of its model's defaults."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    model = raw.get("model")
+    name = model.get("name") if isinstance(model, dict) else None
+    merged = deep_merge(MODEL_DEFAULTS.get(name, {}), raw)
+    try:
+        return ExperimentConfig.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    raw = read_yaml(path)
+    if isinstance(raw, dict):
+        raw = apply_overrides(raw, list(overrides))
+    return config_from_dict(raw, source=str(path))

@@ -1,0 +1,160 @@
+"""Datasets as normalised tensors on the training device.
+
+torchvision datasets are read from their raw arrays (no per-sample PIL); downloads are guarded by a
+file lock so parallel trials do not fetch at once. ``npz`` reads a local file in the Keras layout
+(``x_train, y_train, x_test, y_test``; uint8 images HxW or HxWxC).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock
+
+from lt_core.config import ConfigError, DataConfig
+
+# name: (torchvision class name, channel means, channel stds, classes)
+TORCHVISION = {
+    "mnist": ("MNIST", (0.1307,), (0.3081,), 10),
+    "fashion_mnist": ("FashionMNIST", (0.2860,), (0.3530,), 10),
+    "cifar10": ("CIFAR10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 10),
+    "cifar100": ("CIFAR100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 100),
+}
+SHAPES = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32),
+          "cifar100": (3, 32, 32)}
+_SPLIT = re.compile(r"^(train|test)(?:\[(-?\d*):(-?\d*)\])?$")
+
+
+class DataUnavailable(RuntimeError):
+    """The dataset's files are missing and could not be fetched."""
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # (N, C, H, W) float32, normalised, on the training device
+    y: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class TensorData:
+    train: Split
+    test: Split
+    val: Split | None
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    augment: bool  # random crop (pad 4) + horizontal flip on training batches
+    pad_value: torch.Tensor  # (C,) the normalised value of a black pixel, for crop padding
+
+
+def parse_split(text: str, field: str) -> tuple[str, slice]:
+    match = _SPLIT.match(text.replace(" ", ""))
+    if not match:
+        raise ConfigError(f"data.{field}: {text!r} is not 'train', 'test' or e.g. 'train[:5000]'")
+    start, stop = (int(v) if v not in (None, "") else None for v in match.group(2, 3))
+    return match.group(1), slice(start, stop)
+
+
+def _resolve(path: str) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    file = _resolve(path)
+    if not file.is_file():
+        raise ConfigError(f"data.path: {file} does not exist")
+    with np.load(file) as archive:
+        missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
+        if missing:
+            raise ConfigError(f"data.path: {file} lacks {sorted(missing)} (Keras npz layout)")
+        arrays = {key: archive[key] for key in ("x_train", "y_train", "x_test", "y_test")}
+    for key in ("x_train", "x_test"):
+        if arrays[key].dtype != np.uint8 or arrays[key].ndim not in (3, 4):
+            raise ConfigError(f"data.path: {file}: {key} must be uint8 images N x H x W (x C)")
+    return arrays
+
+
+def _read_torchvision(config: DataConfig) -> dict[str, np.ndarray]:
+    import torchvision
+
+    class_name = TORCHVISION[config.name][0]
+    root = _resolve(config.root)
+    root.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    with FileLock(str(root / f".{config.name}.lock")):
+        for part, is_train in (("train", True), ("test", False)):
+            try:
+                dataset = getattr(torchvision.datasets, class_name)(
+                    str(root), train=is_train, download=config.download)
+            except Exception as err:  # torchvision raises RuntimeError/URLError/OSError here
+                how = "downloading it failed" if config.download else "data.download is false"
+                raise DataUnavailable(
+                    f"data.name: {config.name} is not under {root} and {how} "
+                    f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                    f"copy the dataset there or allow downloads") from None
+            arrays[f"x_{part}"] = np.asarray(dataset.data)
+            arrays[f"y_{part}"] = np.asarray(dataset.targets)
+    return arrays
+
+
+def _to_images(array: np.ndarray) -> torch.Tensor:
+    images = torch.from_numpy(np.ascontiguousarray(array))
+    images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+    return images.float().div_(255.0)
+
+
+def dataset_shape(config: DataConfig) -> tuple[tuple[int, int, int], int]:
+    """(C, H, W) and number of classes, without loading a torchvision dataset."""
+    if config.name != "npz":
+        return SHAPES[config.name], TORCHVISION[config.name][3]
+    arrays = _read_npz(config.path)
+    x = arrays["x_train"]
+    shape = (1, *x.shape[1:3]) if x.ndim == 3 else (x.shape[3], *x.shape[1:3])
+    return shape, int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
+
+
+def load_dataset(config: DataConfig, device: torch.device | str = "cpu") -> TensorData:
+    arrays = _read_npz(config.path) if config.name == "npz" else _read_torchvision(config)
+    parts = {}
+    for field in ("train_split", "test_split"):
+        source, window = parse_split(getattr(config, field), field)
+        x, y = arrays[f"x_{source}"][window], arrays[f"y_{source}"][window]
+        if len(y) == 0:
+            raise ConfigError(f"data.{field}: {getattr(config, field)!r} selects no examples")
+        parts[field] = (_to_images(x), torch.as_tensor(np.asarray(y), dtype=torch.int64))
+    (train_x, train_y), (test_x, test_y) = parts["train_split"], parts["test_split"]
+    if config.val_size >= len(train_y):
+        raise ConfigError(f"data.val_size: {config.val_size} leaves no training examples "
+                          f"(train split has {len(train_y)})")
+    if config.name == "npz":  # per-channel statistics of the training images
+        mean = train_x.mean(dim=(0, 2, 3))
+        std = train_x.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    else:
+        mean = torch.tensor(TORCHVISION[config.name][1])
+        std = torch.tensor(TORCHVISION[config.name][2])
+
+    def split(x: torch.Tensor, y: torch.Tensor) -> Split:
+        x = (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+        return Split(x.to(device), y.to(device))
+
+    n_train = len(train_y) - config.val_size
+    val = split(train_x[n_train:], train_y[n_train:]) if config.val_size else None
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    if config.name != "npz":
+        num_classes = TORCHVISION[config.name][3]
+    augment = config.augment if config.augment is not None else config.name.startswith("cifar")
+    return TensorData(
+        train=split(train_x[:n_train], train_y[:n_train]),
+        test=split(test_x, test_y),
+        val=val,
+        num_classes=num_classes,
+        input_shape=tuple(train_x.shape[1:]),
+        augment=augment,
+        pad_value=(-mean / std).to(device),
+    )

@@ -1,0 +1,27 @@
+"""What every model in the registry provides: its prunable weights and its output layer."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class PrunableModel(nn.Module):
+    """A network whose conv and linear weights can be pruned.
+
+    Subclasses set ``output_layer`` to the qualified name of the final classifier module
+    (e.g. ``"fc3"``); its weight is ``f"{output_layer}.weight"``. Biases and BatchNorm parameters
+    are never prunable.
+    """
+
+    output_layer: str = ""
+
+    def prunable_names(self) -> list[str]:
+        """Names (as in ``named_parameters``) of every conv/linear weight, in definition order."""
+        return [
+            f"{name}.weight"
+            for name, module in self.named_modules()
+            if isinstance(module, (nn.Conv2d, nn.Linear))
+        ]
+
+    def output_weight_name(self) -> str:
+        return f"{self.output_layer}.weight"

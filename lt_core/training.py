@@ -1,0 +1,165 @@
+"""The training loop: masked SGD/Adam over tensor batches, evaluation and epoch checkpoints.
+
+Pruned weights stay exactly zero: their gradients are zeroed before every step, so momentum, Adam
+moments and (coupled) weight decay all see zero and never revive them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lt_core.batches import batch, epoch_plan
+from lt_core.config import TrainConfig
+from lt_core.data import Split, TensorData
+from lt_core.masks import Masks
+from lt_core.rundir import atomic_save, load_tensors
+from lt_core.steps import Step
+
+EVAL_CHUNK = 2000
+
+
+@dataclass
+class TrainOutcome:
+    test_acc: float
+    best_test_acc: float
+    test_loss: float
+    train_loss: float
+    early_stop_iter: int
+    train_seconds: float
+    train_samples: int
+    history: list[dict] = field(default_factory=list)
+
+    def metrics(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "history"}
+
+
+def steps_per_epoch(data: TensorData, config: TrainConfig) -> int:
+    return max(len(data.train) // config.batch_size, 1)
+
+
+def total_iterations(data: TensorData, config: TrainConfig) -> int:
+    return Step.parse(config.length).iterations(steps_per_epoch(data, config))
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           nesterov=config.nesterov, weight_decay=config.weight_decay)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) over a whole split."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=split.x.device)
+    correct = torch.zeros((), device=split.x.device, dtype=torch.int64)
+    for start in range(0, len(split), EVAL_CHUNK):
+        logits = model(split.x[start:start + EVAL_CHUNK])
+        labels = split.y[start:start + EVAL_CHUNK]
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+        correct += (logits.argmax(1) == labels).sum()
+    model.train(was_training)
+    return correct.item() / len(split), loss_sum.item() / len(split)
+
+
+def train(
+    model: nn.Module,
+    masks: Masks,
+    data: TensorData,
+    config: TrainConfig,
+    *,
+    seed: int,
+    start: int,
+    end: int,
+    lr_at: Callable[[int], float],
+    checkpoint: Path | None = None,
+    snapshot_at: int | None = None,
+    on_snapshot: Callable[[nn.Module], None] | None = None,
+    on_eval: Callable[[dict], None] | None = None,
+) -> TrainOutcome:
+    """Train iterations [start, end) with the data order of an uninterrupted run from 0.
+
+    Evaluates at every multiple of ``eval_every`` and at ``end``; saves ``checkpoint`` at each
+    evaluation and resumes from it when it exists. ``on_snapshot`` sees the model when the
+    iteration counter reaches ``snapshot_at`` (used to save the rewind point).
+    """
+    spe = steps_per_epoch(data, config)
+    eval_every = Step.parse(config.eval_every).iterations(spe)
+    optimizer = make_optimizer(model, config)
+    params = dict(model.named_parameters())
+    masked_params = [params[name] for name in masks]
+    mask_values = [mask.to(params[name].dtype) for name, mask in masks.items()]
+    iteration, history, seconds = start, [], 0.0
+    if checkpoint is not None and checkpoint.exists():
+        state = load_tensors(checkpoint)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        iteration, history, seconds = state["iteration"], state["history"], state["seconds"]
+    model.train()
+    loss_sum = torch.zeros((), device=data.train.x.device)
+    loss_count, plan, plan_epoch = 0, None, -1
+    clock = time.perf_counter()
+    if iteration == snapshot_at and on_snapshot:
+        on_snapshot(model)
+    while iteration < end:
+        epoch, position = divmod(iteration, spe)
+        if epoch != plan_epoch:
+            plan = epoch_plan(len(data.train), seed, epoch, data.augment, data.train.x.device)
+            plan_epoch = epoch
+        x, y = batch(data.train, plan, position, config.batch_size, data.augment, data.pad_value)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(iteration)
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch._foreach_mul_([p.grad for p in masked_params], mask_values)
+        optimizer.step()
+        loss_sum += loss.detach()
+        loss_count += 1
+        iteration += 1
+        if iteration == snapshot_at and on_snapshot:
+            on_snapshot(model)
+        if iteration % eval_every == 0 or iteration == end:
+            seconds += time.perf_counter() - clock
+            record = {"iteration": iteration, "train_loss": loss_sum.item() / loss_count}
+            record["test_acc"], record["test_loss"] = evaluate(model, data.test)
+            if data.val is not None:
+                record["val_acc"], record["val_loss"] = evaluate(model, data.val)
+            history.append(record)
+            if checkpoint is not None and iteration < end:
+                atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "iteration": iteration, "history": history, "seconds": seconds},
+                            checkpoint)
+            if on_eval:
+                on_eval(record)
+            loss_sum.zero_()
+            loss_count = 0
+            clock = time.perf_counter()
+    return _outcome(history, seconds, (end - start) * config.batch_size)
+
+
+def _outcome(history: list[dict], seconds: float, samples: int) -> TrainOutcome:
+    if not history:
+        raise ValueError("training ran no evaluation: the run has zero iterations")
+    final = history[-1]
+    stop_key = "val_loss" if "val_loss" in final else "test_loss"
+    early = min(history, key=lambda r: r[stop_key])
+    return TrainOutcome(
+        test_acc=final["test_acc"],
+        best_test_acc=max(r["test_acc"] for r in history),
+        test_loss=final["test_loss"],
+        train_loss=final["train_loss"],
+        early_stop_iter=early["iteration"],
+        train_seconds=seconds,
+        train_samples=samples,
+        history=history,
+    )
