@@ -31,7 +31,7 @@ Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class ModelConfig(_Strict):
@@ -44,10 +44,18 @@ class ModelConfig(_Strict):
         return self
 
 
+def _absolute(path: str | None) -> str | None:
+    # Ray runs trials in other working directories: user paths are fixed where they are read.
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+AbsolutePath = Annotated[str, AfterValidator(_absolute)]
+
+
 class DataConfig(_Strict):
     name: Literal["mnist", "fashion_mnist", "cifar10", "cifar100", "npz"]
-    root: str = "~/.cache/lt_sweep/data"  # torchvision datasets live (or are downloaded) here
-    path: str | None = None  # the .npz file when name == "npz"
+    root: AbsolutePath = "~/.cache/lt_sweep/data"  # torchvision datasets live/download here
+    path: AbsolutePath | None = None  # the .npz file when name == "npz"
     download: bool = True
     train_split: str = "train"  # e.g. "train[:5000]"
     test_split: str = "test"
@@ -112,6 +120,7 @@ class ExperimentConfig(_Strict):
     imp: ImpConfig = ImpConfig()
     seed: int = 0
     device: str = "auto"  # "auto" = cuda if available, else cpu
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads (None: torch's default)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ExperimentConfig":

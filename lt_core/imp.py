@@ -58,6 +58,8 @@ class ImpRun:
         self.out = Path(out).expanduser().resolve()
         self.progress = progress
         self.device = resolve_device(config.device)
+        if config.threads:
+            torch.set_num_threads(config.threads)
         self._data = data
         self._claim_directory()
 

@@ -49,10 +49,13 @@ def total_iterations(data: TensorData, config: TrainConfig) -> int:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    # Fused kernels (CPU and CUDA): one pass over each parameter instead of several; the
+    # optimizer step is memory-bound, so this is most of its cost.
     if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                fused=True)
     return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                           nesterov=config.nesterov, weight_decay=config.weight_decay)
+                           nesterov=config.nesterov, weight_decay=config.weight_decay, fused=True)
 
 
 @torch.no_grad()
@@ -121,7 +124,8 @@ def train(
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch._foreach_mul_([p.grad for p in masked_params], mask_values)
+        if masked_params:
+            torch._foreach_mul_([p.grad for p in masked_params], mask_values)
         optimizer.step()
         loss_sum += loss.detach()
         loss_count += 1

@@ -1,0 +1,119 @@
+"""Training-loop speed of lt_core against a conventional PyTorch implementation, same process.
+
+LeNet-300-100, batch 60, Adam, on the real MNIST split in ../shared/data:
+  conventional  torchvision-style dataset (PIL image -> ToTensor -> Normalize per sample) through
+                a DataLoader, masks through torch.nn.utils.prune forward hooks
+  lt_core       the whole split as tensors, batched by index, masks applied to gradients
+  lt_core dense the same loop with no masks (to price the masking)
+
+Run:  python benchmarks/train_loop_speed.py [--epochs 3] [--npz PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.nn.utils import prune
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from lt_core.config import DataConfig, TrainConfig
+from lt_core.data import load_dataset
+from lt_core.masks import dense_masks, prune as magnitude_prune, pruning_plan
+from lt_core.config import PruningConfig
+from lt_core.models import build_model
+from lt_core.training import train
+
+DEFAULT_NPZ = Path(__file__).resolve().parents[1].parent / "shared/data/mnist-t10k-split.npz"
+BATCH = 60
+
+
+class PilMnist(Dataset):
+    """What torchvision.datasets.MNIST does per sample: uint8 array -> PIL -> transform."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels
+        self.transform = transforms.Compose(
+            [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(Image.fromarray(self.images[i], mode="L")), int(self.labels[i])
+
+
+def conventional(npz: Path, epochs: int) -> float:
+    arrays = np.load(npz)
+    loader = DataLoader(PilMnist(arrays["x_train"], arrays["y_train"]), batch_size=BATCH,
+                        shuffle=True, drop_last=True, num_workers=0)
+    torch.manual_seed(0)
+    model = build_model("lenet_300_100", (1, 28, 28), 10)
+    for name in ("fc1", "fc2", "fc3"):
+        prune.l1_unstructured(model.get_submodule(name), "weight", amount=0.2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1.2e-3)
+    samples, start = 0, time.perf_counter()
+    for _ in range(epochs):
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            samples += len(y)
+    return samples / (time.perf_counter() - start)
+
+
+def lt_core_loop(npz: Path, epochs: int, masked: bool) -> float:
+    data = load_dataset(DataConfig(name="npz", path=str(npz)))
+    config = TrainConfig(optimizer="adam", lr=1.2e-3, batch_size=BATCH, length=f"{epochs}ep",
+                         eval_every=f"{epochs}ep")
+    torch.manual_seed(0)
+    model = build_model("lenet_300_100", (1, 28, 28), 10)
+    masks = {}
+    if masked:
+        plan = pruning_plan(model, PruningConfig(scope="layerwise", rate=0.2))
+        masks = magnitude_prune(dict(model.named_parameters()), dense_masks(model), plan, 1)
+    steps = len(data.train) // BATCH * epochs
+    start = time.perf_counter()
+    outcome = train(model, masks, data, config, seed=0, start=0, end=steps,
+                    lr_at=lambda _: 1.2e-3)
+    return outcome.train_samples / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--npz", type=Path, default=DEFAULT_NPZ)
+    parser.add_argument("--repeats", type=int, default=3, help="best of N for each loop")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, "
+          f"{args.epochs} epochs of {args.npz.name}, best of {args.repeats}")
+    default_threads = torch.get_num_threads()
+    lt_core_loop(args.npz, 1, masked=True)  # warm-up
+    base = {}
+    for threads in sorted({1, default_threads}):
+        torch.set_num_threads(threads)
+        base[threads] = max(conventional(args.npz, args.epochs) for _ in range(args.repeats))
+        print(f"conventional (PIL per sample + DataLoader + prune hooks), {threads} thread(s): "
+              f"{base[threads]:8.0f} samples/s")
+    # lt_core runs one torch thread per trial (Ray gives each trial its own cores); on small
+    # models that is also the fastest setting for a single run.
+    torch.set_num_threads(1)
+    masked = max(lt_core_loop(args.npz, args.epochs, True) for _ in range(args.repeats))
+    dense = max(lt_core_loop(args.npz, args.epochs, False) for _ in range(args.repeats))
+    best_base = max(base.values())
+    print(f"lt_core masked, 1 thread:   {masked:8.0f} samples/s")
+    print(f"lt_core unmasked, 1 thread: {dense:8.0f} samples/s")
+    print(f"speed-up lt_core masked / best conventional: {masked / best_base:.1f}x  (target >= 5x)")
+    print(f"masking overhead: masked step takes {100 * (dense / masked - 1):+.1f}% vs unmasked "
+          f"(target <= 10%)")
+
+
+if __name__ == "__main__":
+    main()
