@@ -159,14 +159,18 @@ def apply_overrides(raw: dict, overrides: list[str], source: str = "--set") -> d
             value = yaml.safe_load(text)
         except yaml.YAMLError as err:
             raise ConfigError(f"{source}: {key}: cannot parse value {text!r}") from err
-        node = result
-        parts = key.strip().split(".")
-        for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
+        node, parts, walked = result, key.strip().split("."), []
+        while len(parts) > 1:
+            # A key may itself contain dots (a study's swept "pruning.rate"): longest match first.
+            take = next((i for i in range(len(parts) - 1, 0, -1)
+                         if ".".join(parts[:i]) in node), 1)
+            name, parts = ".".join(parts[:take]), parts[take:]
+            walked.append(name)
+            child = node.setdefault(name, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"{source}: {'.'.join(parts[:i + 1])} is not a section")
+                raise ConfigError(f"{source}: {'.'.join(walked)} is not a section")
             node = child
-        node[parts[-1]] = value
+        node[parts[0]] = value
     return result
 
 
@@ -185,7 +189,8 @@ def config_from_dict(raw: Any, source: str = "config") -> ExperimentConfig:
         raise ConfigError(f"{source}: expected a mapping at the top level")
     model = raw.get("model")
     name = model.get("name") if isinstance(model, dict) else None
-    merged = deep_merge(MODEL_DEFAULTS.get(name, {}), raw)
+    defaults = MODEL_DEFAULTS.get(name, {}) if isinstance(name, str) else {}
+    merged = deep_merge(defaults, raw)
     try:
         return ExperimentConfig.model_validate(merged)
     except ValidationError as err:

@@ -1,0 +1,1 @@
+"""sweeps: IMP experiments as Ray Tune trials, Optuna search, MLflow records, breakdown reports."""

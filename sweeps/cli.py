@@ -1,0 +1,100 @@
+"""``lt-sweep``: one IMP experiment (``imp``) or a Ray Tune sweep of them (``validate``, ``run``,
+``resume``, ``report``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lt_core.cli import add_imp_command, dispatch
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="override a study field, e.g. base.train.length=2ep")
+
+
+def validate_command(args: argparse.Namespace) -> int:
+    from sweeps.study import load_study
+
+    study = load_study(args.space, args.overrides)
+    r = study.resources
+    print(f"{args.space}: valid")
+    print(f"  trials: {study.count_trials()} ({study.search.algorithm} search"
+          f"{', sampler ' + study.search.sampler if study.search.algorithm == 'optuna' else ''})")
+    print(f"  each trial: {r.cpu:g} CPU, {r.gpu:g} GPU; levels 0..{study.base_config().imp.levels}")
+    print(f"  swept: {', '.join(study.swept_keys) or '(nothing)'}")
+    print(f"  MLflow: {study.tracking_uri} experiment {study.experiment!r}")
+    print(f"  results: {study.storage_path / study.name}")
+    return 0
+
+
+def _print_breakdown(study) -> None:
+    from sweeps.report import build_report
+
+    report = build_report(study.tracking_uri, study.experiment, study.breakdown.tolerance,
+                          sweep=study.name)
+    print(report.table())
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from sweeps.runner import run_sweep
+    from sweeps.study import load_study
+
+    study = load_study(args.space, args.overrides)
+    results = run_sweep(study, args.address)
+    _print_breakdown(study)
+    return 1 if results.errors else 0
+
+
+def resume_command(args: argparse.Namespace) -> int:
+    from sweeps.runner import resume_sweep
+
+    study, results = resume_sweep(Path(args.results_dir).expanduser().resolve(), args.address)
+    _print_breakdown(study)
+    return 1 if results.errors else 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from sweeps.report import report_command as write_report
+
+    return write_report(args.experiment, args.tracking_uri, args.tolerance,
+                        Path(args.out).expanduser().resolve())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lt-sweep", description=__doc__)
+    subparsers = parser.add_subparsers(required=True, metavar="COMMAND")
+    add_imp_command(subparsers)
+
+    validate = subparsers.add_parser("validate", help="check a study file; starts nothing")
+    validate.add_argument("space", help="search space YAML")
+    _add_overrides(validate)
+    validate.set_defaults(handler=validate_command)
+
+    run = subparsers.add_parser("run", help="run a sweep with Ray Tune, logging to MLflow")
+    run.add_argument("space", help="search space YAML")
+    _add_overrides(run)
+    run.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS or local)")
+    run.set_defaults(handler=run_command)
+
+    resume = subparsers.add_parser("resume", help="continue an interrupted sweep")
+    resume.add_argument("results_dir", help="the sweep's results directory (STORAGE/NAME)")
+    resume.add_argument("--address", help="join this Ray cluster")
+    resume.set_defaults(handler=resume_command)
+
+    report = subparsers.add_parser("report", help="breakdown table from MLflow")
+    report.add_argument("experiment", help="MLflow experiment name")
+    report.add_argument("--tracking-uri", default=None,
+                        help="default: sqlite:///<cwd>/mlflow.db")
+    report.add_argument("--tolerance", type=float, default=None,
+                        help="percentage points below dense accuracy (default: the sweep's)")
+    report.add_argument("--out", default=".", help="where breakdown.csv and breakdown.png go")
+    report.set_defaults(handler=report_command)
+    return dispatch(parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Accuracy-vs-density figures in the style of Frankle & Carbin (2019), written as PNG files.
+
+Densities are fractions of weights remaining (1.0 = dense) and accuracies fractions in [0, 1];
+the axes show both in percent, with the percent of weights remaining on a log scale that
+decreases to the right (100 -> 1).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
+
+# (densities, mean accuracies, std of the accuracies or None)
+Series = tuple[Sequence[float], Sequence[float], Sequence[float] | None]
+
+_DENSITY_TICKS = (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01)
+
+
+def _percent(values: Sequence[float]) -> list[float]:
+    return [100 * float(v) for v in values]
+
+
+def _density_axis(ax: Axes, densities: Sequence[float]) -> None:
+    """Log x axis of percent of weights remaining, from 100 down to the sparsest point."""
+    lowest = min([100.0] + _percent(densities))
+    ax.set_xscale("log")
+    ax.set_xlim(100 * 1.08, lowest / 1.08)  # inverted: sparser to the right
+    ax.xaxis.set_major_locator(FixedLocator([t for t in _DENSITY_TICKS if t >= lowest / 1.08]))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("weights remaining (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _draw(ax: Axes, series: Series, label: str, **style) -> None:
+    """One line with markers and, when a std is given, a shaded band of ± one std."""
+    densities, means, stds = series
+    x, y = _percent(densities), _percent(means)
+    (line,) = ax.plot(x, y, marker="o", markersize=3, label=label, **style)
+    if stds is not None:
+        spread = _percent(stds)
+        ax.fill_between(x, [m - s for m, s in zip(y, spread)], [m + s for m, s in zip(y, spread)],
+                        color=line.get_color(), alpha=0.2, linewidth=0)
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def accuracy_vs_density(series: dict[str, Series], dense_acc: float, tolerance_pp: float,
+                        title: str, path: Path) -> Path:
+    """Ticket and controls of one experiment (or configuration), with the dense accuracy and the
+    tolerance band [dense - tolerance, dense]."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    dense = 100 * dense_acc
+    ax.axhspan(dense - tolerance_pp, dense, color="grey", alpha=0.15,
+               label=f"tolerance ({tolerance_pp:g} pp)")
+    ax.axhline(dense, color="black", linestyle=":", linewidth=1, label=f"dense ({dense:.2f}%)")
+    for label, one in series.items():
+        _draw(ax, one, label)
+    _density_axis(ax, [d for densities, _, _ in series.values() for d in densities])
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def sweep_overlay(configs: dict[str, tuple[Sequence[float], Sequence[float]]], path: Path,
+                  title: str = "ticket accuracy by configuration") -> Path:
+    """One ticket line (mean over seeds) per configuration of a sweep."""
+    return configurations_with_controls(
+        {label: {"ticket": (densities, means, None)} for label, (densities, means) in configs.items()},
+        path, title)
+
+
+def configurations_with_controls(configs: dict[str, dict[str, Series]], path: Path,
+                                 title: str) -> Path:
+    """Per configuration one colour: the ticket solid (± std band), each control dashed."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    all_densities: list[float] = []
+    dashes = ["--", "-.", ":"]
+    for index, (label, series) in enumerate(configs.items()):
+        colour = colours[index % len(colours)]
+        if "ticket" in series:
+            _draw(ax, series["ticket"], label, color=colour)
+        controls = [name for name in series if name != "ticket"]
+        for rank, name in enumerate(controls):
+            _draw(ax, series[name], f"{label} [{name}]", color=colour,
+                  linestyle=dashes[rank % len(dashes)], alpha=0.8)
+        all_densities.extend(d for one in series.values() for d in one[0])
+    _density_axis(ax, all_densities)
+    ax.set_title(title)
+    ax.legend(fontsize="x-small")
+    return _save(fig, path)

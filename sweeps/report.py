@@ -1,0 +1,248 @@
+"""The breakdown report of a sweep, read from MLflow alone: per configuration (runs sharing the
+``lt.config`` tag, one per seed), the dense accuracy and the breakdown sparsity of the ticket and
+of each control, recomputed from the per-level metric histories at any tolerance.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+from lt_core.metrics import CONTROL_NAMES, breakdown_sparsity
+from sweeps.plots import Series, configurations_with_controls, sweep_overlay
+
+# The MLflow layout of a sweep, written by sweeps.tracking: tags on runs and the parent's param.
+SWEEP_TAG = "lt.sweep"  # the study name, on the parent and on every trial run
+ROLE_TAG = "lt.role"  # "parent" or "trial"
+CONFIG_TAG = "lt.config"  # the trial's swept values except the seed: seeds of one configuration
+TRIAL_TAG = "ray_trial_id"
+TOLERANCE_PARAM = "breakdown.tolerance"
+DEFAULT_TOLERANCE_PP = 1.0
+
+
+def tag_filter(tags: dict[str, str]) -> str:
+    """An MLflow search filter matching every tag exactly."""
+    def quoted(value: str) -> str:
+        return f'"{value}"' if "'" in value else f"'{value}'"
+    return " and ".join(f"tags.`{key}` = {quoted(str(value))}" for key, value in tags.items())
+
+
+def search_all_runs(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> list[Run]:
+    """Every active run of the experiment carrying these tags, oldest first."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], tag_filter(tags), max_results=1000,
+                                  order_by=["attributes.start_time ASC"], page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def read_levels(client: MlflowClient, run_id: str, keys: list[str]) -> list[dict]:
+    """Per-level dicts ``{"level": step, key: value, ...}`` from the metric histories of a run."""
+    by_level: dict[int, dict] = {}
+    for key in keys:
+        for metric in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp):
+            by_level.setdefault(metric.step, {"level": metric.step})[key] = metric.value
+    return [by_level[level] for level in sorted(by_level)]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0.0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+@dataclass
+class TrialLevels:
+    """One trial run: its configuration label and its levels (density, sparsity, accuracies)."""
+    run_id: str
+    label: str
+    levels: list[dict]
+
+
+@dataclass
+class Configuration:
+    """The seeds of one configuration and their summaries at one tolerance."""
+    label: str
+    tolerance_pp: float
+    controls: list[str]
+    trials: list[TrialLevels] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.trials)
+
+    @property
+    def dense_acc(self) -> tuple[float, float]:
+        return mean_std([t.levels[0]["test_acc"] for t in self.trials])
+
+    def breakdown(self, control: str | None = None) -> tuple[float, float]:
+        """Mean ± std over seeds of the ticket's (or one control's) breakdown sparsity."""
+        key = f"{control}_test_acc" if control else "test_acc"
+        return mean_std([breakdown_sparsity(t.levels, self.tolerance_pp, key) for t in self.trials])
+
+    def curve(self, control: str | None = None) -> Series:
+        """Per level: mean density, mean and std of the ticket's (or a control's) accuracy."""
+        key = f"{control}_test_acc" if control else "test_acc"
+        levels = sorted({lv["level"] for t in self.trials for lv in t.levels if key in lv})
+        densities, means, stds = [], [], []
+        for level in levels:
+            rows = [lv for t in self.trials for lv in t.levels if lv["level"] == level and key in lv]
+            densities.append(statistics.fmean(lv["density"] for lv in rows))
+            mean, std = mean_std([lv[key] for lv in rows])
+            means.append(mean)
+            stds.append(std)
+        return densities, means, stds
+
+
+@dataclass
+class Report:
+    """Breakdown sparsity per configuration of the trial runs of one experiment (or sweep)."""
+    experiment: str
+    tracking_uri: str
+    tolerance_pp: float
+    controls: list[str]
+    configurations: list[Configuration]
+
+    def rows(self) -> list[dict[str, float | int | str]]:
+        """One flat record per configuration; accuracies and sparsities as fractions."""
+        records = []
+        for config in self.configurations:
+            record = {"configuration": config.label, "n": config.n,
+                      "tolerance_pp": self.tolerance_pp}
+            record["dense_acc_mean"], record["dense_acc_std"] = config.dense_acc
+            for name in [None, *self.controls]:
+                prefix = f"{name}_" if name else ""
+                mean, std = config.breakdown(name)
+                record[f"{prefix}breakdown_sparsity_mean"] = mean
+                record[f"{prefix}breakdown_sparsity_std"] = std
+            records.append(record)
+        return records
+
+    def table(self) -> str:
+        """Aligned text table, accuracies and sparsities in percent (mean ± std over seeds)."""
+        header = ["configuration", "n", "dense acc %", "ticket breakdown %"]
+        header += [f"{name} breakdown %" for name in self.controls]
+        lines = [header]
+        for record in self.rows():
+            cells = [str(record["configuration"]), str(record["n"]),
+                     _pm(record["dense_acc_mean"], record["dense_acc_std"])]
+            for name in [None, *self.controls]:
+                prefix = f"{name}_" if name else ""
+                cells.append(_pm(record[f"{prefix}breakdown_sparsity_mean"],
+                                 record[f"{prefix}breakdown_sparsity_std"]))
+            lines.append(cells)
+        widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+        text = [f"breakdown sparsity: highest sparsity with every level within "
+                f"{self.tolerance_pp:g} pp of the dense accuracy ({self.experiment})"]
+        for row in lines:
+            text.append("  ".join([row[0].ljust(widths[0])]
+                                  + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]))
+        return "\n".join(text)
+
+    def write_csv(self, path: Path) -> Path:
+        """The table as CSV, fractions not percents."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        records = self.rows()
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(records[0]) if records else ["configuration"])
+            writer.writeheader()
+            writer.writerows(records)
+        return path
+
+    def plot(self, path: Path) -> Path:
+        """Accuracy vs density: per configuration the ticket mean ± std, controls dashed."""
+        configs = {}
+        for config in self.configurations:
+            series = {"ticket": config.curve()}
+            for name in self.controls:
+                densities, means, _ = config.curve(name)
+                if densities:
+                    series[name] = (densities, means, None)
+            configs[config.label] = series
+        title = f"{self.experiment}: test accuracy (mean ± std over seeds)"
+        return configurations_with_controls(configs, path, title)
+
+    def overlay(self, path: Path) -> Path:
+        """One ticket line (mean over seeds) per configuration."""
+        configs = {c.label: c.curve()[:2] for c in self.configurations}
+        return sweep_overlay(configs, path, title=f"{self.experiment}: ticket test accuracy")
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def _logged_tolerance(client: MlflowClient, experiment_id: str, sweep: str | None) -> float:
+    """The parent's ``breakdown.tolerance`` param when the parents agree on one, else 1.0."""
+    tags = {ROLE_TAG: "parent", **({SWEEP_TAG: sweep} if sweep else {})}
+    values = {run.data.params.get(TOLERANCE_PARAM) for run in search_all_runs(client, experiment_id, tags)}
+    values.discard(None)
+    return float(values.pop()) if len(values) == 1 else DEFAULT_TOLERANCE_PP
+
+
+def _trial_levels(client: MlflowClient, run: Run, label: str) -> TrialLevels | None:
+    """The run's levels, or None when it has no finished dense level."""
+    keys = [k for k in run.data.metrics
+            if k in ("density", "sparsity", "test_acc")
+            or any(k == f"{name}_test_acc" for name in CONTROL_NAMES)]
+    levels = [lv for lv in read_levels(client, run.info.run_id, keys)
+              if {"density", "sparsity", "test_acc"} <= lv.keys()]
+    if not levels or levels[0]["level"] != 0:
+        return None
+    return TrialLevels(run.info.run_id, label, levels)
+
+
+def build_report(tracking_uri: str, experiment_name: str, tolerance_pp: float | None = None,
+                 sweep: str | None = None) -> Report:
+    """Read the trial runs of an experiment (optionally of one sweep) and summarise them."""
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None or experiment.lifecycle_stage != "active":
+        raise ValueError(f"no MLflow experiment {experiment_name!r} in {tracking_uri}")
+    tags = {ROLE_TAG: "trial", **({SWEEP_TAG: sweep} if sweep else {})}
+    runs = search_all_runs(client, experiment.experiment_id, tags)
+    if not runs:
+        which = f" of sweep {sweep!r}" if sweep else ""
+        raise ValueError(f"MLflow experiment {experiment_name!r} in {tracking_uri} has no trial "
+                         f"runs{which} (tag {ROLE_TAG}=trial)")
+    if tolerance_pp is None:
+        tolerance_pp = _logged_tolerance(client, experiment.experiment_id, sweep)
+    several_sweeps = len({run.data.tags.get(SWEEP_TAG) for run in runs}) > 1
+    trials = []
+    for run in runs:
+        label = run.data.tags.get(CONFIG_TAG) or "(default)"
+        if several_sweeps:
+            label = f"{run.data.tags.get(SWEEP_TAG)}: {label}"
+        trial = _trial_levels(client, run, label)
+        if trial is not None:
+            trials.append(trial)
+    if not trials:
+        raise ValueError(f"no trial run in MLflow experiment {experiment_name!r} in "
+                         f"{tracking_uri} has finished its dense level (level 0)")
+    controls = [name for name in CONTROL_NAMES
+                if any(f"{name}_test_acc" in lv for t in trials for lv in t.levels)]
+    configurations: dict[str, Configuration] = {}
+    for trial in trials:
+        configurations.setdefault(trial.label, Configuration(trial.label, tolerance_pp, controls))
+        configurations[trial.label].trials.append(trial)
+    ordered = [configurations[label] for label in sorted(configurations)]
+    return Report(experiment_name, tracking_uri, tolerance_pp, controls, ordered)
+
+
+def report_command(experiment: str, tracking_uri: str, tolerance: float | None,
+                   out_dir: Path) -> int:
+    """Print the breakdown table and write ``breakdown.csv`` and ``breakdown.png`` to out_dir."""
+    report = build_report(tracking_uri, experiment, tolerance)
+    print(report.table())
+    out_dir = Path(out_dir)
+    for path in (report.write_csv(out_dir / "breakdown.csv"), report.plot(out_dir / "breakdown.png")):
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,250 @@
+"""A study file: a base IMP config, the swept space, the search, resources, tracking, breakdown.
+
+Validated once, completely, before anything starts: the base config, every swept key and the
+combinations of representative values must form valid experiments. Errors are one line naming the
+file and the field.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lt_core.config import (ConfigError, ExperimentConfig, apply_overrides, config_from_dict,
+                            format_validation_error, read_yaml)
+from lt_core.validate import check_experiment
+
+MAX_CHECKED_COMBINATIONS = 2000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Dimension(_Strict):
+    """One swept key: exactly one of Tune's primitives."""
+
+    grid: list[Any] | None = None
+    choice: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None  # [low, high)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Dimension":
+        given = [k for k in ("grid", "choice", "uniform", "loguniform", "randint")
+                 if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of grid, choice, uniform, loguniform, randint")
+        if self.values is not None and not self.values:
+            raise ValueError(f"{self.kind} needs at least one value")
+        low_high = self.uniform or self.loguniform or self.randint
+        if low_high and not low_high[0] < low_high[1]:
+            raise ValueError(f"{self.kind} needs [low, high] with low < high")
+        if self.loguniform and self.loguniform[0] <= 0:
+            raise ValueError("loguniform needs low > 0")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("grid", "choice", "uniform", "loguniform", "randint")
+                    if getattr(self, k) is not None)
+
+    @property
+    def values(self) -> list[Any] | None:
+        return self.grid if self.grid is not None else self.choice
+
+    def representatives(self) -> list[Any]:
+        """Values that stand for the whole dimension when validating."""
+        if self.values is not None:
+            return list(self.values)
+        if self.randint:
+            return [self.randint[0], self.randint[1] - 1]
+        return list(self.uniform or self.loguniform)
+
+    def to_tune(self):
+        from ray import tune
+
+        if self.grid is not None:
+            return tune.grid_search(list(self.grid))
+        if self.choice is not None:
+            return tune.choice(list(self.choice))
+        if self.uniform:
+            return tune.uniform(*self.uniform)
+        if self.loguniform:
+            return tune.loguniform(*self.loguniform)
+        return tune.randint(*self.randint)
+
+
+class Search(_Strict):
+    algorithm: Literal["grid", "random", "optuna"] = "grid"
+    sampler: Literal["tpe", "gp", "nsga2"] = "tpe"  # optuna only
+    num_samples: int = Field(1, ge=1)  # grid: repeats of the grid; random/optuna: trials
+    # Maximised; a second objective (e.g. dense_test_acc) makes a two-objective search.
+    objective: list[Literal["breakdown_sparsity", "dense_test_acc", "test_acc"]] = [
+        "breakdown_sparsity"]
+    max_concurrent: int | None = Field(None, ge=1)
+    seed: int | None = None  # the searcher's own seed
+
+    @model_validator(mode="before")
+    @classmethod
+    def _objective_list(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("objective"), str):
+            data = {**data, "objective": [data["objective"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Search":
+        if not 1 <= len(self.objective) <= 2:
+            raise ValueError("objective takes one or two metrics")
+        if len(self.objective) == 2 and self.algorithm != "optuna":
+            raise ValueError("a two-objective search needs algorithm 'optuna'")
+        if len(self.objective) == 2 and self.sampler == "gp":
+            raise ValueError("sampler 'gp' is single-objective; use 'nsga2' or 'tpe'")
+        return self
+
+
+class Resources(_Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)  # fractional GPUs share one device between trials
+
+
+class Tracking(_Strict):
+    uri: str | None = None  # default: sqlite:///<absolute path>/mlflow.db in the working dir
+    experiment: str | None = None  # default: the study name
+
+
+class Breakdown(_Strict):
+    tolerance: float = Field(1.0, ge=0)  # percentage points below dense accuracy
+    early_stop: bool = False  # end a trial once `patience` consecutive levels fall below
+    patience: int = Field(2, ge=1)
+
+
+class RunSettings(_Strict):
+    storage_path: str = "lt_results"
+    max_failures: int = Field(2, ge=0)  # a failed trial restarts from its last finished level
+
+
+class StudyFile(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    base: dict[str, Any]
+    space: dict[str, Dimension] = {}
+    search: Search = Search()
+    resources: Resources = Resources()
+    tracking: Tracking = Tracking()
+    breakdown: Breakdown = Breakdown()
+    run: RunSettings = RunSettings()
+
+
+class Study:
+    """A validated study with every path made absolute (on the driver, where it was read)."""
+
+    def __init__(self, spec: StudyFile, source_path: Path, raw: dict):
+        self.spec = spec
+        self.source_path = source_path
+        self.raw = raw
+        self.name = spec.name
+        self.base = _absolute_data_paths(spec.base)
+        self.space = spec.space
+        self.search = spec.search
+        self.resources = spec.resources
+        self.breakdown = spec.breakdown
+        self.storage_path = Path(spec.run.storage_path).expanduser().resolve()
+        self.tracking_uri = spec.tracking.uri or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+        self.experiment = spec.tracking.experiment or spec.name
+
+    @property
+    def swept_keys(self) -> list[str]:
+        return sorted(self.space)
+
+    def param_space(self) -> dict[str, Any]:
+        return {key: dim.to_tune() for key, dim in self.space.items()}
+
+    def count_trials(self) -> int:
+        grid = math.prod(len(d.grid) for d in self.space.values() if d.grid is not None)
+        return grid * self.search.num_samples
+
+    def base_config(self) -> ExperimentConfig:
+        return trial_config(self, {})
+
+
+def _absolute_data_paths(base: dict) -> dict:
+    """Fix data paths to this (the driver's) working directory before trials move elsewhere."""
+    data = base.get("data")
+    if not isinstance(data, dict):
+        return base
+    fixed = {k: str(Path(v).expanduser().resolve()) if k in ("path", "root") and
+             isinstance(v, str) else v for k, v in data.items()}
+    return {**base, "data": fixed}
+
+
+def trial_config(study: Study, params: dict[str, Any]) -> ExperimentConfig:
+    """The experiment of one trial: the base config with the trial's swept values applied."""
+    items = [f"{k}={_yaml_scalar(v)}" for k, v in params.items() if not k.startswith("_")]
+    raw = apply_overrides(study.base, items)
+    raw.setdefault("threads", max(1, int(study.resources.cpu)))
+    return config_from_dict(raw, source=str(study.source_path))
+
+
+def _yaml_scalar(value: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def load_study(path: str | Path, overrides: list[str] = ()) -> Study:
+    """Read, override (``key.sub=value`` on the study file) and validate a study completely."""
+    path = Path(path)
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = apply_overrides(raw, list(overrides), source=f"{path}: --set")
+    try:
+        spec = StudyFile.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, str(path))) from None
+    study = Study(spec, path.resolve(), raw)
+    _check_experiments(study)
+    return study
+
+
+def _check_experiments(study: Study) -> None:
+    source = str(study.source_path)
+    if study.search.algorithm == "optuna":
+        grids = [k for k, d in study.space.items() if d.grid is not None]
+        if grids:
+            raise ConfigError(f"{source}: space.{grids[0]}: search 'optuna' cannot sweep a grid; "
+                              f"use choice")
+    try:
+        base = study.base_config()
+        check_experiment(base, source)
+    except ConfigError as err:
+        raise ConfigError(str(err).replace(f"{source}: ", f"{source}: base.", 1)) from None
+    keys = list(study.space)
+    for key in keys:  # each key on its own first, so the error names the swept field
+        for value in study.space[key].representatives():
+            _check_one(study, {key: value}, f"space.{key}")
+    choices = [study.space[k].representatives() for k in keys]
+    if math.prod(len(c) for c in choices) <= MAX_CHECKED_COMBINATIONS:
+        for combo in itertools.product(*choices):
+            _check_one(study, dict(zip(keys, combo)), "space")
+
+
+def _check_one(study: Study, params: dict[str, Any], field: str) -> None:
+    source = str(study.source_path)
+    try:
+        check_experiment(trial_config(study, params), source)
+    except ConfigError as err:
+        detail = str(err).removeprefix(f"{source}: ")
+        raise ConfigError(f"{source}: {field}={_describe(params)}: {detail}") from None
+
+
+def _describe(params: dict[str, Any]) -> str:
+    if len(params) == 1:
+        return repr(next(iter(params.values())))
+    return "{" + ", ".join(f"{k}={v!r}" for k, v in params.items()) + "}"

@@ -1,0 +1,215 @@
+"""MLflow logging from the Tune driver, against a real SQLite MLflow store and real Tune Trials:
+run reuse by Ray trial id and sweep, no duplicate level steps (also after a driver restart),
+summaries at trial and sweep end."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from mlflow import MlflowClient
+from ray.tune.experiment import Trial
+
+from lt_core.config import config_from_dict
+from sweeps.tracking import (MlflowLevelLogger, config_label, ensure_child_run, ensure_parent_run,
+                             experiment_id_for, flatten, log_level, logged_levels, param_text)
+
+DENSE_ACC = 0.98
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """One SQLite store per module (creating its tables takes seconds); tests use their own
+    experiments."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+
+
+@pytest.fixture
+def experiment(store, request) -> tuple[MlflowClient, str]:
+    client = MlflowClient(store)
+    return client, experiment_id_for(client, request.node.name, store)
+
+
+def make_study(tmp_path: Path, name: str = "lenet-rate") -> SimpleNamespace:
+    """A stand-in for sweeps.study.Study with the attributes the logger reads."""
+    raw = {"name": name, "base": "examples/lenet.yaml", "breakdown": {"tolerance": 1.0},
+           "search": {"pruning.rate": {"grid": [0.2, 0.4]}, "seed": {"grid": [0, 1]}},
+           "notes": "x" * 7000}
+    source = tmp_path / "study.yaml"
+    source.write_text(f"name: {name}\n")
+    return SimpleNamespace(name=name, raw=raw, source_path=source,
+                           swept_keys=["pruning.rate", "seed"],
+                           breakdown=SimpleNamespace(tolerance=1.0))
+
+
+def resolve_config(study, params: dict):
+    """Resolved experiment config of a trial: the swept dotted values on a minimal LeNet config."""
+    raw: dict = {"model": {"name": "lenet_300_100"}, "data": {"name": "mnist"}}
+    for dotted, value in params.items():
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return config_from_dict(raw, source="test")
+
+
+def level_result(level: int, acc: float, reinit_acc: float | None = None) -> dict:
+    """A Tune result as the trainable reports it for one level."""
+    density = 0.8**level
+    result = {"level": level, "density": density, "sparsity": 1 - density, "test_acc": acc,
+              "best_test_acc": acc, "test_loss": 0.1, "train_loss": 0.05, "early_stop_iter": 100,
+              "train_seconds": 1.0, "train_samples": 6000, "dense_test_acc": DENSE_ACC,
+              "run_dir": "/tmp/x", "training_iteration": level + 1}
+    if reinit_acc is not None:
+        result.update({"reinit_test_acc": reinit_acc, "reinit_best_test_acc": reinit_acc,
+                       "reinit_test_loss": 0.2, "reinit_train_loss": 0.1,
+                       "reinit_early_stop_iter": 90})
+    return result
+
+
+RESULTS = [level_result(0, DENSE_ACC), level_result(1, 0.981, 0.975),
+           level_result(2, 0.975, 0.95), level_result(3, 0.96, 0.94)]
+
+
+def make_trial(trial_id: str, rate: float, seed: int) -> Trial:
+    return Trial("imp", config={"pruning.rate": rate, "seed": seed, "_study": "internal"},
+                 trial_id=trial_id, stub=True)
+
+
+def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def test_flatten_and_param_text():
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}
+    assert param_text([0.2, 0.4]) == "[0.2, 0.4]"
+    assert len(param_text("x" * 7000)) == 6000
+
+
+def test_config_label_leaves_out_seed_and_sorts():
+    assert config_label({"seed": 3, "pruning.scope": "global", "pruning.rate": 0.2}) == \
+        "pruning.rate=0.2, pruning.scope=global"
+
+
+def test_parent_run_is_reused(experiment, tmp_path):
+    client, experiment_id = experiment
+    study = make_study(tmp_path)
+    first = ensure_parent_run(client, experiment_id, study)
+    client.set_terminated(first, "KILLED")
+    assert ensure_parent_run(client, experiment_id, study) == first
+    run = client.get_run(first)
+    assert run.info.status == "RUNNING"
+    assert run.data.tags["lt.role"] == "parent" and run.data.tags["lt.sweep"] == study.name
+    assert run.data.params["search.pruning.rate.grid"] == "[0.2, 0.4]"
+    assert run.data.params["breakdown.tolerance"] == "1.0"
+    assert run.data.params["swept_keys"] == "pruning.rate,seed"
+    assert len(run.data.params["notes"]) == 6000
+    artifacts = {a.path for a in client.list_artifacts(first)}
+    assert artifacts == {"study.yaml", "study_resolved.yaml"}
+
+
+def test_child_run_is_reused_by_trial_id_and_sweep(experiment):
+    client, experiment_id = experiment
+    args = (client, experiment_id, "parent-id")
+    swept = {"pruning.rate": 0.2, "seed": 1}
+    run_id = ensure_child_run(*args, "sweep-a", "t1", swept, {"pruning.rate": 0.2, "seed": 1})
+    assert ensure_child_run(*args, "sweep-a", "t1", swept, {"pruning.rate": 0.2, "seed": 1}) == run_id
+    other_sweep = ensure_child_run(*args, "sweep-b", "t1", swept, {"seed": 1})
+    assert other_sweep != run_id
+    runs = client.search_runs([experiment_id], "tags.ray_trial_id = 't1'")
+    assert len(runs) == 2
+    tags = client.get_run(run_id).data.tags
+    assert tags["mlflow.parentRunId"] == "parent-id" and tags["lt.role"] == "trial"
+    assert tags["lt.config"] == "pruning.rate=0.2" and tags["mlflow.runName"] == "t1"
+
+
+def test_a_level_is_logged_once(experiment):
+    client, experiment_id = experiment
+    run_id = client.create_run(experiment_id).info.run_id
+    logged: dict = {}
+    assert log_level(client, run_id, RESULTS[0], logged)
+    assert log_level(client, run_id, RESULTS[1], logged)
+    assert not log_level(client, run_id, RESULTS[1], logged)
+    assert not log_level(client, run_id, RESULTS[0], logged)
+    assert steps(client, run_id, "test_acc") == [0, 1]
+    assert steps(client, run_id, "reinit_test_acc") == [1]
+    assert "run_dir" not in client.get_run(run_id).data.metrics
+    rebuilt = logged_levels(client, run_id)
+    assert rebuilt[1]["reinit_test_acc"] == pytest.approx(0.975)
+    assert rebuilt == pytest.approx(logged)
+
+
+def test_logger_logs_levels_and_summaries(store, tmp_path, request):
+    name = request.node.name
+    logger = MlflowLevelLogger(make_study(tmp_path), store, name, resolve_config=resolve_config)
+    logger.setup()
+    trial = make_trial("trial_00000", 0.2, 0)
+    logger.on_trial_start(0, [trial], trial)
+    for result in RESULTS:
+        logger.on_trial_result(0, [trial], trial, result)
+    logger.on_trial_result(0, [trial], trial, RESULTS[-1])  # a repeated report
+    logger.on_trial_result(0, [trial], trial, {"done": True})  # a result without a level
+    logger.on_trial_complete(0, [trial], trial)
+
+    client = MlflowClient(store)
+    run = client.get_run(logger.trial_run_id(trial))
+    assert run.info.status == "FINISHED"
+    assert run.data.params["pruning.rate"] == "0.2" and run.data.params["model.name"] == "lenet_300_100"
+    assert "_study" not in run.data.params
+    assert steps(client, run.info.run_id, "test_acc") == [0, 1, 2, 3]
+    assert run.data.metrics["breakdown_sparsity"] == pytest.approx(1 - 0.8**2)
+    assert run.data.metrics["reinit_breakdown_sparsity"] == pytest.approx(0.2)
+    assert run.data.metrics["dense_test_acc"] == pytest.approx(DENSE_ACC)
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == \
+        ["plots/accuracy_vs_density.png"]
+
+    failing = make_trial("trial_00001", 0.4, 0)
+    logger.on_trial_start(0, [trial, failing], failing)
+    logger.on_trial_result(0, [trial, failing], failing, RESULTS[0])
+    logger.on_trial_error(0, [trial, failing], failing)
+    failed = client.get_run(logger.trial_run_id(failing))
+    assert failed.info.status == "FAILED" and steps(client, failed.info.run_id, "test_acc") == [0]
+
+    logger.on_experiment_end([trial, failing])
+    parent = client.get_run(logger.connect() and logger._parent_run_id)
+    assert parent.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"breakdown.csv", "breakdown.txt", "plots"} <= artifacts
+    table = Path(client.download_artifacts(parent.info.run_id, "breakdown.txt", str(tmp_path)))
+    assert "pruning.rate=0.2" in table.read_text() and "pruning.rate=0.4" in table.read_text()
+
+
+def test_restarted_driver_reuses_runs_and_skips_logged_levels(store, tmp_path, request):
+    name = request.node.name
+    study = make_study(tmp_path)
+    first = MlflowLevelLogger(study, store, name, resolve_config=resolve_config)
+    first.setup()
+    trial = make_trial("trial_00000", 0.2, 1)
+    first.on_trial_start(0, [trial], trial)
+    for result in RESULTS[:3]:
+        first.on_trial_result(0, [trial], trial, result)
+
+    # A new driver process: the callback comes back unpickled, the trial restarts from level 1.
+    second = pickle.loads(pickle.dumps(first))
+    second.setup()
+    assert second._parent_run_id == first._parent_run_id
+    restored = make_trial("trial_00000", 0.2, 1)
+    second.on_trial_start(0, [restored], restored)
+    assert second.trial_run_id(restored) == first.trial_run_id(trial)
+    for result in RESULTS[1:]:
+        second.on_trial_result(0, [restored], restored, result)
+    second.on_trial_complete(0, [restored], restored)
+
+    client = MlflowClient(store)
+    run_id = second.trial_run_id(restored)
+    experiment_id = client.get_experiment_by_name(name).experiment_id
+    assert len(client.search_runs([experiment_id], "tags.`lt.role` = 'trial'")) == 1
+    assert len(client.search_runs([experiment_id], "tags.`lt.role` = 'parent'")) == 1
+    for key in ("test_acc", "density", "reinit_test_acc"):
+        history = steps(client, run_id, key)
+        assert history == sorted(set(history)) and history[-1] == 3
+    assert [lv["level"] for lv in second.trial_levels(restored)] == [0, 1, 2, 3]
+    assert client.get_run(run_id).data.metrics["breakdown_sparsity"] == pytest.approx(1 - 0.8**2)
