@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from lt_core.model_defaults import MODEL_DEFAULTS
 from lt_core.models import MODELS
@@ -26,7 +26,11 @@ def _check_step(text: str) -> str:
     return text
 
 
-StepText = Annotated[str, AfterValidator(_check_step)]
+def _int_is_iterations(value: Any) -> Any:
+    return f"{value}it" if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+StepText = Annotated[str, BeforeValidator(_int_is_iterations), AfterValidator(_check_step)]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 
 

@@ -132,9 +132,10 @@ def load_dataset(config: DataConfig, device: torch.device | str = "cpu") -> Tens
     if config.val_size >= len(train_y):
         raise ConfigError(f"data.val_size: {config.val_size} leaves no training examples "
                           f"(train split has {len(train_y)})")
-    if config.name == "npz":  # per-channel statistics of the training images
-        mean = train_x.mean(dim=(0, 2, 3))
-        std = train_x.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    n_train = len(train_y) - config.val_size
+    if config.name == "npz":  # per-channel statistics of the training images (not validation)
+        mean = train_x[:n_train].mean(dim=(0, 2, 3))
+        std = train_x[:n_train].std(dim=(0, 2, 3)).clamp_min(1e-6)
     else:
         mean = torch.tensor(TORCHVISION[config.name][1])
         std = torch.tensor(TORCHVISION[config.name][2])
@@ -143,7 +144,6 @@ def load_dataset(config: DataConfig, device: torch.device | str = "cpu") -> Tens
         x = (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
         return Split(x.to(device), y.to(device))
 
-    n_train = len(train_y) - config.val_size
     val = split(train_x[n_train:], train_y[n_train:]) if config.val_size else None
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     if config.name != "npz":

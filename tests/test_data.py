@@ -79,9 +79,13 @@ def test_val_size_carves_the_end_of_the_train_split(npz_path: Path, npz_arrays: 
     y = npz_arrays["y_train"]
     assert torch.equal(data.train.y, torch.from_numpy(y[:4000]).long())
     assert torch.equal(data.val.y, torch.from_numpy(y[4000:5000]).long())
-    assert torch.equal(data.val.x, whole.train.x[4000:5000])
-    assert torch.equal(data.train.x, whole.train.x[:4000])
     assert torch.equal(data.test.y, whole.test.y)
+    # The validation images are the last 1000, standardised with the 4000 training images' stats
+    # only: the held-out images never leak into the normalisation.
+    x = npz_arrays["x_train"]
+    torch.testing.assert_close(data.val.x, normalised(x[4000:5000], x[:4000]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(data.train.x, normalised(x[:4000], x[:4000]), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(data.val.x, whole.train.x[4000:5000])
 
 
 def test_val_size_too_large(npz_path: Path) -> None:

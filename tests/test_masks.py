@@ -214,6 +214,11 @@ def test_linear_selector_and_name_beats_kind() -> None:
     plan = pruning_plan(model, config)
     assert plan.own_rates == {"conv.weight": 0.2, "fc1.weight": 0.0, "fc2.weight": 0.5,
                               "fc3.weight": 0.5}
+    # "output" is more specific than the layer kind.
+    plan = pruning_plan(model, PruningConfig(scope="global", rate=0.2,
+                                             layer_rates={"linear": 0.5, "output": 0.1}))
+    assert plan.own_rates == {"fc1.weight": 0.5, "fc2.weight": 0.5, "fc3.weight": 0.1}
+    assert plan.global_names == ("conv.weight",)
 
 
 def test_global_scope_with_dense_output() -> None:
