@@ -21,20 +21,33 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: 
 # (densities, mean accuracies, std of the accuracies or None)
 Series = tuple[Sequence[float], Sequence[float], Sequence[float] | None]
 
-_DENSITY_TICKS = (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01)
+_MAX_TICKS = 10
 
 
 def _percent(values: Sequence[float]) -> list[float]:
     return [100 * float(v) for v in values]
 
 
+def _ticks(percents: list[float]) -> list[float]:
+    """The data's densities as ticks (as Frankle & Carbin label theirs), thinned so that
+    neighbouring labels neither overlap nor exceed about ten."""
+    points = sorted(set([100.0] + percents), reverse=True)
+    min_ratio = max(1.15, (points[0] / points[-1]) ** (1 / _MAX_TICKS))
+    kept = [points[0]]
+    for point in points[1:]:
+        if kept[-1] / point >= min_ratio:
+            kept.append(point)
+    return kept
+
+
 def _density_axis(ax: Axes, densities: Sequence[float]) -> None:
     """Log x axis of percent of weights remaining, from 100 down to the sparsest point."""
-    lowest = min([100.0] + _percent(densities))
+    percents = [p for p in _percent(densities) if p > 0]
+    lowest = min([100.0] + percents)
     ax.set_xscale("log")
     ax.set_xlim(100 * 1.08, lowest / 1.08)  # inverted: sparser to the right
-    ax.xaxis.set_major_locator(FixedLocator([t for t in _DENSITY_TICKS if t >= lowest / 1.08]))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_major_locator(FixedLocator(_ticks(percents)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("weights remaining (%)")
     ax.set_ylabel("test accuracy (%)")
@@ -81,9 +94,9 @@ def accuracy_vs_density(series: dict[str, Series], dense_acc: float, tolerance_p
 def sweep_overlay(configs: dict[str, tuple[Sequence[float], Sequence[float]]], path: Path,
                   title: str = "ticket accuracy by configuration") -> Path:
     """One ticket line (mean over seeds) per configuration of a sweep."""
-    return configurations_with_controls(
-        {label: {"ticket": (densities, means, None)} for label, (densities, means) in configs.items()},
-        path, title)
+    tickets = {label: {"ticket": (densities, means, None)}
+               for label, (densities, means) in configs.items()}
+    return configurations_with_controls(tickets, path, title)
 
 
 def configurations_with_controls(configs: dict[str, dict[str, Series]], path: Path,

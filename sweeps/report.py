@@ -1,6 +1,9 @@
 """The breakdown report of a sweep, read from MLflow alone: per configuration (runs sharing the
 ``lt.config`` tag, one per seed), the dense accuracy and the breakdown sparsity of the ticket and
 of each control, recomputed from the per-level metric histories at any tolerance.
+
+FAILED and KILLED trial runs are left out (their levels stop early, which would bias the
+breakdown low) and counted; running runs count with the levels they have so far.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ CONFIG_TAG = "lt.config"  # the trial's swept values except the seed: seeds of o
 TRIAL_TAG = "ray_trial_id"
 TOLERANCE_PARAM = "breakdown.tolerance"
 DEFAULT_TOLERANCE_PP = 1.0
+LEFT_OUT_STATUSES = ("FAILED", "KILLED")
 
 
 def tag_filter(tags: dict[str, str]) -> str:
@@ -93,7 +97,8 @@ class Configuration:
         levels = sorted({lv["level"] for t in self.trials for lv in t.levels if key in lv})
         densities, means, stds = [], [], []
         for level in levels:
-            rows = [lv for t in self.trials for lv in t.levels if lv["level"] == level and key in lv]
+            rows = [lv for t in self.trials for lv in t.levels
+                    if lv["level"] == level and key in lv]
             densities.append(statistics.fmean(lv["density"] for lv in rows))
             mean, std = mean_std([lv[key] for lv in rows])
             means.append(mean)
@@ -109,6 +114,7 @@ class Report:
     tolerance_pp: float
     controls: list[str]
     configurations: list[Configuration]
+    left_out: int = 0  # FAILED or KILLED trial runs
 
     def rows(self) -> list[dict[str, float | int | str]]:
         """One flat record per configuration; accuracies and sparsities as fractions."""
@@ -142,8 +148,11 @@ class Report:
         text = [f"breakdown sparsity: highest sparsity with every level within "
                 f"{self.tolerance_pp:g} pp of the dense accuracy ({self.experiment})"]
         for row in lines:
-            text.append("  ".join([row[0].ljust(widths[0])]
-                                  + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]))
+            cells = [row[0].ljust(widths[0])]
+            cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]
+            text.append("  ".join(cells))
+        if self.left_out:
+            text.append(f"({self.left_out} failed or killed trial runs left out)")
         return "\n".join(text)
 
     def write_csv(self, path: Path) -> Path:
@@ -151,8 +160,9 @@ class Report:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         records = self.rows()
+        fields = list(records[0]) if records else ["configuration"]
         with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(records[0]) if records else ["configuration"])
+            writer = csv.DictWriter(handle, fieldnames=fields)
             writer.writeheader()
             writer.writerows(records)
         return path
@@ -183,7 +193,8 @@ def _pm(mean: float, std: float) -> str:
 def _logged_tolerance(client: MlflowClient, experiment_id: str, sweep: str | None) -> float:
     """The parent's ``breakdown.tolerance`` param when the parents agree on one, else 1.0."""
     tags = {ROLE_TAG: "parent", **({SWEEP_TAG: sweep} if sweep else {})}
-    values = {run.data.params.get(TOLERANCE_PARAM) for run in search_all_runs(client, experiment_id, tags)}
+    parents = search_all_runs(client, experiment_id, tags)
+    values = {run.data.params.get(TOLERANCE_PARAM) for run in parents}
     values.discard(None)
     return float(values.pop()) if len(values) == 1 else DEFAULT_TOLERANCE_PP
 
@@ -200,9 +211,24 @@ def _trial_levels(client: MlflowClient, run: Run, label: str) -> TrialLevels | N
     return TrialLevels(run.info.run_id, label, levels)
 
 
-def build_report(tracking_uri: str, experiment_name: str, tolerance_pp: float | None = None,
-                 sweep: str | None = None) -> Report:
+def default_tracking_uri() -> str:
+    """``mlflow.db`` in the working directory, as for a study without ``tracking.uri``."""
+    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def _missing_database(tracking_uri: str) -> bool:
+    """A ``sqlite:///`` store whose file does not exist (opening it would create it)."""
+    prefix = "sqlite:///"
+    return tracking_uri.startswith(prefix) and not Path(tracking_uri[len(prefix):]).is_file()
+
+
+def build_report(tracking_uri: str | None, experiment_name: str,
+                 tolerance_pp: float | None = None, sweep: str | None = None) -> Report:
     """Read the trial runs of an experiment (optionally of one sweep) and summarise them."""
+    tracking_uri = tracking_uri or default_tracking_uri()
+    if _missing_database(tracking_uri):
+        raise ValueError(f"no MLflow experiment {experiment_name!r} in {tracking_uri} "
+                         f"(no such database file)")
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None or experiment.lifecycle_stage != "active":
@@ -216,8 +242,9 @@ def build_report(tracking_uri: str, experiment_name: str, tolerance_pp: float | 
     if tolerance_pp is None:
         tolerance_pp = _logged_tolerance(client, experiment.experiment_id, sweep)
     several_sweeps = len({run.data.tags.get(SWEEP_TAG) for run in runs}) > 1
+    usable = [run for run in runs if run.info.status not in LEFT_OUT_STATUSES]
     trials = []
-    for run in runs:
+    for run in usable:
         label = run.data.tags.get(CONFIG_TAG) or "(default)"
         if several_sweeps:
             label = f"{run.data.tags.get(SWEEP_TAG)}: {label}"
@@ -226,7 +253,7 @@ def build_report(tracking_uri: str, experiment_name: str, tolerance_pp: float | 
             trials.append(trial)
     if not trials:
         raise ValueError(f"no trial run in MLflow experiment {experiment_name!r} in "
-                         f"{tracking_uri} has finished its dense level (level 0)")
+                         f"{tracking_uri} has finished its dense level (level 0) without failing")
     controls = [name for name in CONTROL_NAMES
                 if any(f"{name}_test_acc" in lv for t in trials for lv in t.levels)]
     configurations: dict[str, Configuration] = {}
@@ -234,15 +261,16 @@ def build_report(tracking_uri: str, experiment_name: str, tolerance_pp: float | 
         configurations.setdefault(trial.label, Configuration(trial.label, tolerance_pp, controls))
         configurations[trial.label].trials.append(trial)
     ordered = [configurations[label] for label in sorted(configurations)]
-    return Report(experiment_name, tracking_uri, tolerance_pp, controls, ordered)
+    return Report(experiment_name, tracking_uri, tolerance_pp, controls, ordered,
+                  left_out=len(runs) - len(usable))
 
 
-def report_command(experiment: str, tracking_uri: str, tolerance: float | None,
+def report_command(experiment: str, tracking_uri: str | None, tolerance: float | None,
                    out_dir: Path) -> int:
     """Print the breakdown table and write ``breakdown.csv`` and ``breakdown.png`` to out_dir."""
     report = build_report(tracking_uri, experiment, tolerance)
     print(report.table())
     out_dir = Path(out_dir)
-    for path in (report.write_csv(out_dir / "breakdown.csv"), report.plot(out_dir / "breakdown.png")):
-        print(f"wrote {path}")
+    print(f"wrote {report.write_csv(out_dir / 'breakdown.csv')}")
+    print(f"wrote {report.plot(out_dir / 'breakdown.png')}")
     return 0

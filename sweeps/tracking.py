@@ -158,7 +158,8 @@ def log_level(client: MlflowClient, run_id: str, result: dict[str, Any],
         return False
     metrics = level_metrics(result)
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(key, value, now, level) for key, value in metrics.items()])
+    client.log_batch(run_id, metrics=[Metric(key, value, now, level)
+                                      for key, value in metrics.items()])
     logged[level] = {"level": level, **metrics}
     return True
 
@@ -178,9 +179,10 @@ def plot_trial(levels: list[dict], tolerance_pp: float, title: str, path: Path) 
     """Accuracy vs density of the ticket and each control of one trial."""
     series = {"ticket": ([lv["density"] for lv in levels], [lv["test_acc"] for lv in levels], None)}
     for name in CONTROL_NAMES:
-        rows = [lv for lv in levels if f"{name}_test_acc" in lv]
+        key = f"{name}_test_acc"
+        rows = [lv for lv in levels if key in lv]
         if rows:
-            series[name] = ([lv["density"] for lv in rows], [lv[f"{name}_test_acc"] for lv in rows], None)
+            series[name] = ([lv["density"] for lv in rows], [lv[key] for lv in rows], None)
     return accuracy_vs_density(series, dense_accuracy(levels), tolerance_pp, title, path)
 
 
@@ -254,13 +256,19 @@ class MlflowLevelLogger(Callback):
             self._client = client
         return self._client
 
+    @property
+    def parent_run_id(self) -> str:
+        """The sweep's parent run id (connecting on first use)."""
+        self.connect()
+        return self._parent_run_id
+
     def trial_run_id(self, trial, reopen_run: bool = False) -> str:
         """The trial's run id, found or created on first use (or when reopening a started trial);
         its logged levels are then read back from MLflow."""
         if reopen_run or trial.trial_id not in self._run_ids:
             swept = swept_values(trial.config)
             params = flatten(self.resolve_config(self.study, swept).model_dump(mode="json"))
-            run_id = ensure_child_run(self.connect(), self._experiment_id, self._parent_run_id,
+            run_id = ensure_child_run(self.connect(), self._experiment_id, self.parent_run_id,
                                       self.study.name, trial.trial_id, swept, params)
             self._run_ids[trial.trial_id] = run_id
             self._levels[trial.trial_id] = logged_levels(self.connect(), run_id)
@@ -304,5 +312,5 @@ class MlflowLevelLogger(Callback):
         except ValueError as error:  # no trial finished its dense level: nothing to summarise
             logger.warning("no sweep summary: %s", error)
         else:
-            log_sweep_summary(client, self._parent_run_id, report)
-        client.set_terminated(self._parent_run_id, "FINISHED")
+            log_sweep_summary(client, self.parent_run_id, report)
+        client.set_terminated(self.parent_run_id, "FINISHED")
