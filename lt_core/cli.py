@@ -66,11 +66,12 @@ def run_imp_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None,
+             user_errors: tuple[type[Exception], ...] = USER_ERRORS) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except USER_ERRORS as err:
+    except user_errors as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lt_core.cli import add_imp_command, dispatch
+from lt_core.cli import USER_ERRORS, add_imp_command, dispatch
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="percentage points below dense accuracy (default: the sweep's)")
     report.add_argument("--out", default=".", help="where breakdown.csv and breakdown.png go")
     report.set_defaults(handler=report_command)
-    return dispatch(parser, argv)
+    from sweeps.report import ReportUnavailable
+
+    return dispatch(parser, argv, USER_ERRORS + (ReportUnavailable,))
 
 
 if __name__ == "__main__":

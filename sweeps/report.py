@@ -29,6 +29,10 @@ DEFAULT_TOLERANCE_PP = 1.0
 LEFT_OUT_STATUSES = ("FAILED", "KILLED")
 
 
+
+class ReportUnavailable(ValueError):
+    """The experiment or its trial runs are not in the tracking store."""
+
 def tag_filter(tags: dict[str, str]) -> str:
     """An MLflow search filter matching every tag exactly."""
     def quoted(value: str) -> str:
@@ -227,17 +231,17 @@ def build_report(tracking_uri: str | None, experiment_name: str,
     """Read the trial runs of an experiment (optionally of one sweep) and summarise them."""
     tracking_uri = tracking_uri or default_tracking_uri()
     if _missing_database(tracking_uri):
-        raise ValueError(f"no MLflow experiment {experiment_name!r} in {tracking_uri} "
+        raise ReportUnavailable(f"no MLflow experiment {experiment_name!r} in {tracking_uri} "
                          f"(no such database file)")
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None or experiment.lifecycle_stage != "active":
-        raise ValueError(f"no MLflow experiment {experiment_name!r} in {tracking_uri}")
+        raise ReportUnavailable(f"no MLflow experiment {experiment_name!r} in {tracking_uri}")
     tags = {ROLE_TAG: "trial", **({SWEEP_TAG: sweep} if sweep else {})}
     runs = search_all_runs(client, experiment.experiment_id, tags)
     if not runs:
         which = f" of sweep {sweep!r}" if sweep else ""
-        raise ValueError(f"MLflow experiment {experiment_name!r} in {tracking_uri} has no trial "
+        raise ReportUnavailable(f"MLflow experiment {experiment_name!r} in {tracking_uri} has no trial "
                          f"runs{which} (tag {ROLE_TAG}=trial)")
     if tolerance_pp is None:
         tolerance_pp = _logged_tolerance(client, experiment.experiment_id, sweep)
@@ -252,7 +256,7 @@ def build_report(tracking_uri: str | None, experiment_name: str,
         if trial is not None:
             trials.append(trial)
     if not trials:
-        raise ValueError(f"no trial run in MLflow experiment {experiment_name!r} in "
+        raise ReportUnavailable(f"no trial run in MLflow experiment {experiment_name!r} in "
                          f"{tracking_uri} has finished its dense level (level 0) without failing")
     controls = [name for name in CONTROL_NAMES
                 if any(f"{name}_test_acc" in lv for t in trials for lv in t.levels)]

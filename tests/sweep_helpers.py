@@ -1,0 +1,53 @@
+"""Running the real `lt-sweep` CLI in a subprocess (its own local Ray) and reading MLflow back."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
+
+
+def cli(*args: str, cwd: Path) -> list[str]:
+    return [sys.executable, "-m", "sweeps.cli", *args]
+
+
+def small_sweep_args(npz: Path, tmp: Path, levels: int = 3, length: str = "1ep",
+                     train_split: str = "train[:2000]") -> list[str]:
+    """quickstart.yaml cut to seconds: 2 rates x 2 scopes, ``levels`` levels."""
+    return [
+        "--set", f"base.data.path={npz}",
+        "--set", f"base.data.train_split={train_split}",
+        "--set", "base.data.test_split=test[:500]",
+        "--set", f"base.train.length={length}",
+        "--set", f"base.imp.levels={levels}",
+        "--set", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+        "--set", f"run.storage_path={tmp / 'lt_results'}",
+    ]
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], cwd=cwd, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def sweep_runs(tracking_uri: str, experiment: str) -> tuple[list, list]:
+    """(parent runs, trial runs) of an experiment."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no MLflow experiment {experiment!r}"
+    runs = client.search_runs([found.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("lt.role") == "parent"]
+    trials = [r for r in runs if r.data.tags.get("lt.role") == "trial"]
+    return parents, trials
+
+
+def metric_steps(tracking_uri: str, run_id: str, key: str) -> list[int]:
+    import mlflow
+
+    return sorted(m.step for m in mlflow.MlflowClient(tracking_uri).get_metric_history(run_id,
+                                                                                         key))
