@@ -203,7 +203,7 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> Study:
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    raw = apply_overrides(raw, list(overrides), source=f"{path}: --set")
+    raw = _apply_study_overrides(raw, list(overrides), f"{path}: --set")
     try:
         spec = StudyFile.model_validate(raw)
     except ValidationError as err:
@@ -211,6 +211,36 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> Study:
     study = Study(spec, path.resolve(), raw)
     _check_experiments(study)
     return study
+
+
+DIMENSION_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+
+
+def _apply_study_overrides(raw: dict, overrides: list[str], source: str) -> dict:
+    """``--set`` on a study. Swept keys contain dots, so ``space.<key>[.<kind>]=value`` names
+    the dimension ``<key>`` whole (a kind suffix sets that kind, replacing the dimension)."""
+    import yaml
+
+    general, space = [], {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not key.startswith("space.") or not sep:
+            general.append(item)
+            continue
+        swept = key.removeprefix("space.")
+        kind = swept.rsplit(".", 1)[-1]
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{source}: {key}: cannot parse value {text!r}") from err
+        if kind in DIMENSION_KINDS:
+            space[swept.rsplit(".", 1)[0]] = {kind: value}
+        else:
+            space[swept] = value
+    raw = apply_overrides(raw, general, source=source)
+    if space:
+        raw["space"] = {**(raw.get("space") or {}), **space}
+    return raw
 
 
 def _check_experiments(study: Study) -> None:
