@@ -100,14 +100,18 @@ def sweep_overlay(configs: dict[str, tuple[Sequence[float], Sequence[float]]], p
 
 
 def configurations_with_controls(configs: dict[str, dict[str, Series]], path: Path,
-                                 title: str) -> Path:
-    """Per configuration one colour: the ticket solid (± std band), each control dashed."""
+                                 title: str, dense: dict[str, float] | None = None) -> Path:
+    """Per configuration one colour: the ticket solid (± std band), each control dashed, and the
+    configuration's dense accuracy (fraction) as a dotted line when given."""
     fig, ax = plt.subplots(figsize=(8, 5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     all_densities: list[float] = []
     dashes = ["--", "-.", ":"]
     for index, (label, series) in enumerate(configs.items()):
         colour = colours[index % len(colours)]
+        if dense and label in dense:
+            ax.axhline(100 * dense[label], color=colour, linestyle=":", linewidth=1,
+                       label=f"{label} [dense {100 * dense[label]:.2f}%]")
         if "ticket" in series:
             _draw(ax, series["ticket"], label, color=colour)
         controls = [name for name in series if name != "ticket"]

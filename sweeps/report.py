@@ -177,12 +177,13 @@ class Report:
         for config in self.configurations:
             series = {"ticket": config.curve()}
             for name in self.controls:
-                densities, means, _ = config.curve(name)
-                if densities:
-                    series[name] = (densities, means, None)
+                curve = config.curve(name)
+                if curve[0]:
+                    series[name] = curve
             configs[config.label] = series
+        dense = {config.label: config.dense_acc[0] for config in self.configurations}
         title = f"{self.experiment}: test accuracy (mean ± std over seeds)"
-        return configurations_with_controls(configs, path, title)
+        return configurations_with_controls(configs, path, title, dense)
 
     def overlay(self, path: Path) -> Path:
         """One ticket line (mean over seeds) per configuration."""
