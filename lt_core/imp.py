@@ -137,12 +137,12 @@ class ImpRun:
         return metrics
 
     def _masks_for(self, level: int) -> Masks:
-        model = self._model_from(self._load(self.out / "init.pt")) if level else None
         if level == 0:
             return dense_masks(self._init_model())
         stored = level_dir(self.out, level) / "mask.pt"
         if stored.exists():
             return self._load(stored)
+        model = self._init_model()
         plan = pruning_plan(model, self.config.pruning)
         if self.config.pruning.mode == "one_shot":
             weights = self._load(level_dir(self.out, 0) / "final.pt")
