@@ -20,7 +20,6 @@ class ProgressBar:
 
     def __init__(self, levels: int, stream=sys.stderr, width: int = 24):
         self.levels, self.stream, self.width = levels, stream, width
-        self.last = 0.0
 
     def __call__(self, level: int, name: str, iteration: int, end: int, record: dict) -> None:
         done = int(self.width * iteration / max(end, 1))

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
+                      ValidationError, model_validator)
 
 from lt_core.model_defaults import MODEL_DEFAULTS
 from lt_core.models import MODELS
@@ -152,29 +153,37 @@ def deep_merge(base: dict, top: dict) -> dict:
     return merged
 
 
+def parse_override(item: str, source: str = "--set") -> tuple[str, Any]:
+    """``key.sub=value`` -> (key, value), the value parsed as YAML (scalar, list or mapping)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{source}: {item!r} is not key.sub=value")
+    try:
+        return key.strip(), yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: {key}: cannot parse value {text!r}") from err
+
+
+def set_dotted(tree: dict, key: str, value: Any, source: str = "--set") -> None:
+    """Set ``tree[a][b][c] = value`` for ``key == "a.b.c"``, creating sections, in place."""
+    node, parts, walked = tree, key.split("."), []
+    while len(parts) > 1:
+        # A key may itself contain dots (a study's swept "pruning.rate"): longest match first.
+        take = next((i for i in range(len(parts) - 1, 0, -1) if ".".join(parts[:i]) in node), 1)
+        name, parts = ".".join(parts[:take]), parts[take:]
+        walked.append(name)
+        child = node.setdefault(name, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: {'.'.join(walked)} is not a section")
+        node = child
+    node[parts[0]] = value
+
+
 def apply_overrides(raw: dict, overrides: list[str], source: str = "--set") -> dict:
-    """Apply ``key.sub=value`` strings (values parsed as YAML scalars/lists) to a nested dict."""
+    """Apply ``key.sub=value`` strings to a copy of a nested dict."""
     result = copy.deepcopy(raw)
     for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{source}: {item!r} is not key.sub=value")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{source}: {key}: cannot parse value {text!r}") from err
-        node, parts, walked = result, key.strip().split("."), []
-        while len(parts) > 1:
-            # A key may itself contain dots (a study's swept "pruning.rate"): longest match first.
-            take = next((i for i in range(len(parts) - 1, 0, -1)
-                         if ".".join(parts[:i]) in node), 1)
-            name, parts = ".".join(parts[:take]), parts[take:]
-            walked.append(name)
-            child = node.setdefault(name, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"{source}: {'.'.join(walked)} is not a section")
-            node = child
-        node[parts[0]] = value
+        set_dotted(result, *parse_override(item, source), source=source)
     return result
 
 

@@ -29,7 +29,7 @@ from lt_core.models import build_model
 from lt_core.rundir import (atomic_save, atomic_write_json, atomic_write_text, level_dir,
                             load_tensors, read_json)
 from lt_core.steps import Step
-from lt_core.training import TrainOutcome, steps_per_epoch, train
+from lt_core.training import TrainOutcome, steps_per_epoch, total_iterations, train
 
 # Called at every evaluation: (level, run name "ticket" or a control, iteration, end, record).
 ProgressFn = Callable[[int, str, int, int, dict], None]
@@ -193,7 +193,7 @@ class ImpRun:
         train_config = self.config.train
         spe = steps_per_epoch(self.data, train_config)
         schedule = lr_schedule(train_config, spe)
-        end = Step.parse(train_config.length).iterations(spe)
+        end = total_iterations(self.data, train_config)
         rewind_iter = min(Step.parse(self.config.imp.rewind).iterations(spe), end)
         start = 0 if level == 0 else rewind_iter
         lr_at = schedule

@@ -7,6 +7,7 @@ file and the field.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lt_core.config import (ConfigError, ExperimentConfig, apply_overrides, config_from_dict,
-                            format_validation_error, read_yaml)
+                            format_validation_error, parse_override, read_yaml, set_dotted)
 from lt_core.validate import check_experiment
 
 MAX_CHECKED_COMBINATIONS = 2000
@@ -185,16 +186,12 @@ def _absolute_data_paths(base: dict) -> dict:
 
 def trial_config(study: Study, params: dict[str, Any]) -> ExperimentConfig:
     """The experiment of one trial: the base config with the trial's swept values applied."""
-    items = [f"{k}={_yaml_scalar(v)}" for k, v in params.items() if not k.startswith("_")]
-    raw = apply_overrides(study.base, items)
+    raw = copy.deepcopy(study.base)
+    for key, value in params.items():
+        if not key.startswith("_"):
+            set_dotted(raw, key, value, source=str(study.source_path))
     raw.setdefault("threads", max(1, int(study.resources.cpu)))
     return config_from_dict(raw, source=str(study.source_path))
-
-
-def _yaml_scalar(value: Any) -> str:
-    import yaml
-
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def load_study(path: str | Path, overrides: list[str] = ()) -> Study:
@@ -219,20 +216,14 @@ DIMENSION_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 def _apply_study_overrides(raw: dict, overrides: list[str], source: str) -> dict:
     """``--set`` on a study. Swept keys contain dots, so ``space.<key>[.<kind>]=value`` names
     the dimension ``<key>`` whole (a kind suffix sets that kind, replacing the dimension)."""
-    import yaml
-
     general, space = [], {}
     for item in overrides:
-        key, sep, text = item.partition("=")
-        if not key.startswith("space.") or not sep:
+        if not item.startswith("space."):
             general.append(item)
             continue
+        key, value = parse_override(item, source)
         swept = key.removeprefix("space.")
         kind = swept.rsplit(".", 1)[-1]
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{source}: {key}: cannot parse value {text!r}") from err
         if kind in DIMENSION_KINDS:
             space[swept.rsplit(".", 1)[0]] = {kind: value}
         else:

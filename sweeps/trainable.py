@@ -16,13 +16,12 @@ from pathlib import Path
 from ray import tune
 
 from lt_core.imp import ImpRun
-from lt_core.metrics import breakdown_sparsity, levels_below
+from lt_core.metrics import CONTROL_KEYS, breakdown_sparsity, levels_below
 from lt_core.rundir import atomic_write_json, level_dir, read_json
 from sweeps.study import Study, trial_config
 
-CONTROL_KEYS = ("test_acc", "best_test_acc", "test_loss", "train_loss", "early_stop_iter")
-LEVEL_KEYS = ("level", "density", "test_acc", "breakdown_sparsity", "sparsity", "best_test_acc",
-              "test_loss", "train_loss", "early_stop_iter", "train_seconds", "train_samples")
+# Tune's live table shows the first four numeric keys of a result: these lead it.
+RESULT_ORDER = ("level", "density", "test_acc", "breakdown_sparsity")
 
 
 def run_directory(study: Study, trial_id: str) -> Path:
@@ -43,14 +42,10 @@ def flat_levels(levels: list[dict]) -> list[dict]:
 def level_result(levels: list[dict], tolerance: float, run_dir: Path) -> dict:
     """The Tune result for the newest level: ticket metrics first (they lead Tune's table)."""
     rows = flat_levels(levels)
-    newest = rows[-1]
-    result = {key: newest[key] for key in LEVEL_KEYS if key in newest}
-    result["breakdown_sparsity"] = breakdown_sparsity(rows, tolerance)
-    result = {key: result[key] for key in LEVEL_KEYS if key in result}
-    result["dense_test_acc"] = rows[0]["test_acc"]
-    result.update({k: v for k, v in newest.items() if k not in result})
-    result["run_dir"] = str(run_dir)
-    return result
+    summary = {**rows[-1], "breakdown_sparsity": breakdown_sparsity(rows, tolerance),
+               "dense_test_acc": rows[0]["test_acc"], "run_dir": str(run_dir)}
+    return {key: summary[key] for key in RESULT_ORDER} | {
+        key: value for key, value in summary.items() if key not in RESULT_ORDER}
 
 
 def _write_resume_kit(run: ImpRun, level: int, folder: Path) -> None:
