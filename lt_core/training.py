@@ -32,6 +32,7 @@ class TrainOutcome:
     test_loss: float
     train_loss: float
     early_stop_iter: int
+    early_stop_acc: float
     train_seconds: float
     train_samples: int
     history: list[dict] = field(default_factory=list)
@@ -163,6 +164,7 @@ def _outcome(history: list[dict], seconds: float, samples: int) -> TrainOutcome:
         test_loss=final["test_loss"],
         train_loss=final["train_loss"],
         early_stop_iter=early["iteration"],
+        early_stop_acc=early["test_acc"],
         train_seconds=seconds,
         train_samples=samples,
         history=history,

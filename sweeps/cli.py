@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from lt_core.cli import USER_ERRORS, add_imp_command, dispatch
+from lt_core.metrics import ACCURACY_METRICS
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +36,7 @@ def _print_breakdown(study) -> None:
     from sweeps.report import build_report
 
     report = build_report(study.tracking_uri, study.experiment, study.breakdown.tolerance,
-                          sweep=study.name)
+                          sweep=study.name, metric=study.breakdown.metric)
     print(report.table())
 
 
@@ -61,7 +62,7 @@ def report_command(args: argparse.Namespace) -> int:
     from sweeps.report import report_command as write_report
 
     return write_report(args.experiment, args.tracking_uri, args.tolerance,
-                        Path(args.out).expanduser().resolve())
+                        Path(args.out).expanduser().resolve(), args.metric)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: sqlite:///<cwd>/mlflow.db")
     report.add_argument("--tolerance", type=float, default=None,
                         help="percentage points below dense accuracy (default: the sweep's)")
+    report.add_argument("--metric", choices=ACCURACY_METRICS, default=None,
+                        help="which accuracy locates the breakdown (default: the sweep's)")
     report.add_argument("--out", default=".", help="where breakdown.csv and breakdown.png go")
     report.set_defaults(handler=report_command)
     from sweeps.report import ReportUnavailable

@@ -22,6 +22,10 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: 
 Series = tuple[Sequence[float], Sequence[float], Sequence[float] | None]
 
 _MAX_TICKS = 10
+# y-axis label per accuracy metric (lt_core.metrics.ACCURACY_METRICS)
+ACCURACY_LABELS = {"test_acc": "test accuracy, end of training (%)",
+                   "early_stop_acc": "test accuracy at early stop (%)",
+                   "best_test_acc": "best test accuracy (%)"}
 
 
 def _percent(values: Sequence[float]) -> list[float]:
@@ -40,7 +44,7 @@ def _ticks(percents: list[float]) -> list[float]:
     return kept
 
 
-def _density_axis(ax: Axes, densities: Sequence[float]) -> None:
+def _density_axis(ax: Axes, densities: Sequence[float], metric: str = "test_acc") -> None:
     """Log x axis of percent of weights remaining, from 100 down to the sparsest point."""
     percents = [p for p in _percent(densities) if p > 0]
     lowest = min([100.0] + percents)
@@ -50,7 +54,7 @@ def _density_axis(ax: Axes, densities: Sequence[float]) -> None:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("weights remaining (%)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(ACCURACY_LABELS[metric])
     ax.grid(True, which="major", alpha=0.3)
 
 
@@ -75,7 +79,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def accuracy_vs_density(series: dict[str, Series], dense_acc: float, tolerance_pp: float,
-                        title: str, path: Path) -> Path:
+                        title: str, path: Path, metric: str = "test_acc") -> Path:
     """Ticket and controls of one experiment (or configuration), with the dense accuracy and the
     tolerance band [dense - tolerance, dense]."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -85,22 +89,24 @@ def accuracy_vs_density(series: dict[str, Series], dense_acc: float, tolerance_p
     ax.axhline(dense, color="black", linestyle=":", linewidth=1, label=f"dense ({dense:.2f}%)")
     for label, one in series.items():
         _draw(ax, one, label)
-    _density_axis(ax, [d for densities, _, _ in series.values() for d in densities])
+    _density_axis(ax, [d for densities, _, _ in series.values() for d in densities], metric)
     ax.set_title(title)
     ax.legend(fontsize="small")
     return _save(fig, path)
 
 
 def sweep_overlay(configs: dict[str, tuple[Sequence[float], Sequence[float]]], path: Path,
-                  title: str = "ticket accuracy by configuration") -> Path:
+                  title: str = "ticket accuracy by configuration",
+                  metric: str = "test_acc") -> Path:
     """One ticket line (mean over seeds) per configuration of a sweep."""
     tickets = {label: {"ticket": (densities, means, None)}
                for label, (densities, means) in configs.items()}
-    return configurations_with_controls(tickets, path, title)
+    return configurations_with_controls(tickets, path, title, metric=metric)
 
 
 def configurations_with_controls(configs: dict[str, dict[str, Series]], path: Path,
-                                 title: str, dense: dict[str, float] | None = None) -> Path:
+                                 title: str, dense: dict[str, float] | None = None,
+                                 metric: str = "test_acc") -> Path:
     """Per configuration one colour: the ticket solid (± std band), each control dashed, and the
     configuration's dense accuracy (fraction) as a dotted line when given."""
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -119,7 +125,7 @@ def configurations_with_controls(configs: dict[str, dict[str, Series]], path: Pa
             _draw(ax, series[name], f"{label} [{name}]", color=colour,
                   linestyle=dashes[rank % len(dashes)], alpha=0.8)
         all_densities.extend(d for one in series.values() for d in one[0])
-    _density_axis(ax, all_densities)
+    _density_axis(ax, all_densities, metric)
     ax.set_title(title)
     ax.legend(fontsize="x-small")
     return _save(fig, path)

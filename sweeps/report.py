@@ -1,6 +1,7 @@
 """The breakdown report of a sweep, read from MLflow alone: per configuration (runs sharing the
 ``lt.config`` tag, one per seed), the dense accuracy and the breakdown sparsity of the ticket and
-of each control, recomputed from the per-level metric histories at any tolerance.
+of each control, recomputed from the per-level metric histories at any tolerance and under any
+of the accuracy metrics (final, at early stop, best; ``lt_core.metrics.ACCURACY_METRICS``).
 
 FAILED and KILLED trial runs are left out (their levels stop early, which would bias the
 breakdown low) and counted; running runs count with the levels they have so far.
@@ -16,7 +17,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from lt_core.metrics import CONTROL_NAMES, breakdown_sparsity
+from lt_core.metrics import ACCURACY_METRICS, CONTROL_NAMES, breakdown_sparsity, metric_key
 from sweeps.plots import Series, configurations_with_controls, sweep_overlay
 
 # The MLflow layout of a sweep, written by sweeps.tracking: tags on runs and the parent's param.
@@ -25,13 +26,15 @@ ROLE_TAG = "lt.role"  # "parent" or "trial"
 CONFIG_TAG = "lt.config"  # the trial's swept values except the seed: seeds of one configuration
 TRIAL_TAG = "ray_trial_id"
 TOLERANCE_PARAM = "breakdown.tolerance"
+METRIC_PARAM = "breakdown.metric"
 DEFAULT_TOLERANCE_PP = 1.0
+DEFAULT_METRIC = "test_acc"
 LEFT_OUT_STATUSES = ("FAILED", "KILLED")
-
 
 
 class ReportUnavailable(ValueError):
     """The experiment or its trial runs are not in the tracking store."""
+
 
 def tag_filter(tags: dict[str, str]) -> str:
     """An MLflow search filter matching every tag exactly."""
@@ -76,9 +79,10 @@ class TrialLevels:
 
 @dataclass
 class Configuration:
-    """The seeds of one configuration and their summaries at one tolerance."""
+    """The seeds of one configuration and their summaries at one tolerance and metric."""
     label: str
     tolerance_pp: float
+    metric: str
     controls: list[str]
     trials: list[TrialLevels] = field(default_factory=list)
 
@@ -88,16 +92,16 @@ class Configuration:
 
     @property
     def dense_acc(self) -> tuple[float, float]:
-        return mean_std([t.levels[0]["test_acc"] for t in self.trials])
+        return mean_std([t.levels[0][self.metric] for t in self.trials])
 
     def breakdown(self, control: str | None = None) -> tuple[float, float]:
         """Mean ± std over seeds of the ticket's (or one control's) breakdown sparsity."""
-        key = f"{control}_test_acc" if control else "test_acc"
-        return mean_std([breakdown_sparsity(t.levels, self.tolerance_pp, key) for t in self.trials])
+        return mean_std([breakdown_sparsity(t.levels, self.tolerance_pp, self.metric, control)
+                         for t in self.trials])
 
     def curve(self, control: str | None = None) -> Series:
         """Per level: mean density, mean and std of the ticket's (or a control's) accuracy."""
-        key = f"{control}_test_acc" if control else "test_acc"
+        key = metric_key(self.metric, control)
         levels = sorted({lv["level"] for t in self.trials for lv in t.levels if key in lv})
         densities, means, stds = [], [], []
         for level in levels:
@@ -116,6 +120,7 @@ class Report:
     experiment: str
     tracking_uri: str
     tolerance_pp: float
+    metric: str
     controls: list[str]
     configurations: list[Configuration]
     left_out: int = 0  # FAILED or KILLED trial runs
@@ -125,7 +130,7 @@ class Report:
         records = []
         for config in self.configurations:
             record = {"configuration": config.label, "n": config.n,
-                      "tolerance_pp": self.tolerance_pp}
+                      "tolerance_pp": self.tolerance_pp, "metric": self.metric}
             record["dense_acc_mean"], record["dense_acc_std"] = config.dense_acc
             for name in [None, *self.controls]:
                 prefix = f"{name}_" if name else ""
@@ -150,7 +155,8 @@ class Report:
             lines.append(cells)
         widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
         text = [f"breakdown sparsity: highest sparsity with every level within "
-                f"{self.tolerance_pp:g} pp of the dense accuracy ({self.experiment})"]
+                f"{self.tolerance_pp:g} pp of the dense accuracy, accuracy = {self.metric} "
+                f"({self.experiment})"]
         for row in lines:
             cells = [row[0].ljust(widths[0])]
             cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]
@@ -182,35 +188,36 @@ class Report:
                     series[name] = curve
             configs[config.label] = series
         dense = {config.label: config.dense_acc[0] for config in self.configurations}
-        title = f"{self.experiment}: test accuracy (mean ± std over seeds)"
-        return configurations_with_controls(configs, path, title, dense)
+        title = f"{self.experiment}: {self.metric} (mean ± std over seeds)"
+        return configurations_with_controls(configs, path, title, dense, self.metric)
 
     def overlay(self, path: Path) -> Path:
         """One ticket line (mean over seeds) per configuration."""
         configs = {c.label: c.curve()[:2] for c in self.configurations}
-        return sweep_overlay(configs, path, title=f"{self.experiment}: ticket test accuracy")
+        return sweep_overlay(configs, path, f"{self.experiment}: ticket {self.metric}",
+                             self.metric)
 
 
 def _pm(mean: float, std: float) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
-def _logged_tolerance(client: MlflowClient, experiment_id: str, sweep: str | None) -> float:
-    """The parent's ``breakdown.tolerance`` param when the parents agree on one, else 1.0."""
+def _logged_param(client: MlflowClient, experiment_id: str, sweep: str | None, param: str,
+                  default: str) -> str:
+    """A parent run param when the parents agree on one value, else ``default``."""
     tags = {ROLE_TAG: "parent", **({SWEEP_TAG: sweep} if sweep else {})}
     parents = search_all_runs(client, experiment_id, tags)
-    values = {run.data.params.get(TOLERANCE_PARAM) for run in parents}
+    values = {run.data.params.get(param) for run in parents}
     values.discard(None)
-    return float(values.pop()) if len(values) == 1 else DEFAULT_TOLERANCE_PP
+    return values.pop() if len(values) == 1 else default
 
 
-def _trial_levels(client: MlflowClient, run: Run, label: str) -> TrialLevels | None:
+def _trial_levels(client: MlflowClient, run: Run, label: str, metric: str) -> TrialLevels | None:
     """The run's levels, or None when it has no finished dense level."""
-    keys = [k for k in run.data.metrics
-            if k in ("density", "sparsity", "test_acc")
-            or any(k == f"{name}_test_acc" for name in CONTROL_NAMES)]
+    wanted = {"density", "sparsity", *(metric_key(metric, name) for name in (None, *CONTROL_NAMES))}
+    keys = [k for k in run.data.metrics if k in wanted]
     levels = [lv for lv in read_levels(client, run.info.run_id, keys)
-              if {"density", "sparsity", "test_acc"} <= lv.keys()]
+              if {"density", "sparsity", metric} <= lv.keys()]
     if not levels or levels[0]["level"] != 0:
         return None
     return TrialLevels(run.info.run_id, label, levels)
@@ -228,8 +235,12 @@ def _missing_database(tracking_uri: str) -> bool:
 
 
 def build_report(tracking_uri: str | None, experiment_name: str,
-                 tolerance_pp: float | None = None, sweep: str | None = None) -> Report:
-    """Read the trial runs of an experiment (optionally of one sweep) and summarise them."""
+                 tolerance_pp: float | None = None, sweep: str | None = None,
+                 metric: str | None = None) -> Report:
+    """Read the trial runs of an experiment (optionally of one sweep) and summarise them; the
+    tolerance and metric default to those the sweep logged."""
+    if metric is not None and metric not in ACCURACY_METRICS:
+        raise ReportUnavailable(f"metric {metric!r}: not one of {', '.join(ACCURACY_METRICS)}")
     tracking_uri = tracking_uri or default_tracking_uri()
     if _missing_database(tracking_uri):
         raise ReportUnavailable(f"no MLflow experiment {experiment_name!r} in {tracking_uri} "
@@ -245,7 +256,11 @@ def build_report(tracking_uri: str | None, experiment_name: str,
         raise ReportUnavailable(f"MLflow experiment {experiment_name!r} in {tracking_uri} has no trial "
                          f"runs{which} (tag {ROLE_TAG}=trial)")
     if tolerance_pp is None:
-        tolerance_pp = _logged_tolerance(client, experiment.experiment_id, sweep)
+        tolerance_pp = float(_logged_param(client, experiment.experiment_id, sweep,
+                                           TOLERANCE_PARAM, str(DEFAULT_TOLERANCE_PP)))
+    if metric is None:
+        metric = _logged_param(client, experiment.experiment_id, sweep, METRIC_PARAM,
+                               DEFAULT_METRIC)
     several_sweeps = len({run.data.tags.get(SWEEP_TAG) for run in runs}) > 1
     usable = [run for run in runs if run.info.status not in LEFT_OUT_STATUSES]
     trials = []
@@ -253,27 +268,28 @@ def build_report(tracking_uri: str | None, experiment_name: str,
         label = run.data.tags.get(CONFIG_TAG) or "(default)"
         if several_sweeps:
             label = f"{run.data.tags.get(SWEEP_TAG)}: {label}"
-        trial = _trial_levels(client, run, label)
+        trial = _trial_levels(client, run, label, metric)
         if trial is not None:
             trials.append(trial)
     if not trials:
         raise ReportUnavailable(f"no trial run in MLflow experiment {experiment_name!r} in "
                          f"{tracking_uri} has finished its dense level (level 0) without failing")
     controls = [name for name in CONTROL_NAMES
-                if any(f"{name}_test_acc" in lv for t in trials for lv in t.levels)]
+                if any(metric_key(metric, name) in lv for t in trials for lv in t.levels)]
     configurations: dict[str, Configuration] = {}
     for trial in trials:
-        configurations.setdefault(trial.label, Configuration(trial.label, tolerance_pp, controls))
+        configurations.setdefault(trial.label,
+                                  Configuration(trial.label, tolerance_pp, metric, controls))
         configurations[trial.label].trials.append(trial)
     ordered = [configurations[label] for label in sorted(configurations)]
-    return Report(experiment_name, tracking_uri, tolerance_pp, controls, ordered,
+    return Report(experiment_name, tracking_uri, tolerance_pp, metric, controls, ordered,
                   left_out=len(runs) - len(usable))
 
 
 def report_command(experiment: str, tracking_uri: str | None, tolerance: float | None,
-                   out_dir: Path) -> int:
+                   out_dir: Path, metric: str | None = None) -> int:
     """Print the breakdown table and write ``breakdown.csv`` and ``breakdown.png`` to out_dir."""
-    report = build_report(tracking_uri, experiment, tolerance)
+    report = build_report(tracking_uri, experiment, tolerance, metric=metric)
     print(report.table())
     out_dir = Path(out_dir)
     print(f"wrote {report.write_csv(out_dir / 'breakdown.csv')}")

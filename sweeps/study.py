@@ -121,6 +121,9 @@ class Tracking(_Strict):
 
 class Breakdown(_Strict):
     tolerance: float = Field(1.0, ge=0)  # percentage points below dense accuracy
+    # Which accuracy locates the breakdown (lt_core.metrics.ACCURACY_METRICS): final test
+    # accuracy, test accuracy at the early-stop iteration (Frankle & Carbin), or the best.
+    metric: Literal["test_acc", "early_stop_acc", "best_test_acc"] = "test_acc"
     early_stop: bool = False  # end a trial once `patience` consecutive levels fall below
     patience: int = Field(2, ge=1)
 

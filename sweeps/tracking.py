@@ -22,10 +22,10 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BA
 from ray.tune import Callback
 
 from lt_core.metrics import (CONTROL_KEYS, CONTROL_NAMES, LEVEL_KEYS, breakdown_sparsity,
-                             dense_accuracy)
+                             dense_accuracy, metric_key)
 from sweeps.plots import accuracy_vs_density
-from sweeps.report import (CONFIG_TAG, ROLE_TAG, SWEEP_TAG, TOLERANCE_PARAM, TRIAL_TAG, Report,
-                           build_report, read_levels, search_all_runs)
+from sweeps.report import (CONFIG_TAG, METRIC_PARAM, ROLE_TAG, SWEEP_TAG, TOLERANCE_PARAM,
+                           TRIAL_TAG, Report, build_report, read_levels, search_all_runs)
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +90,10 @@ def reopen(client: MlflowClient, run: Run) -> None:
 
 
 def sweep_params(study) -> dict[str, Any]:
-    """The study's resolved YAML as dotted params, plus its swept keys and tolerance."""
+    """The study's resolved YAML as dotted params, plus its swept keys and the breakdown's
+    tolerance and metric."""
     return {**flatten(study.raw), "swept_keys": ",".join(study.swept_keys),
-            TOLERANCE_PARAM: study.breakdown.tolerance}
+            TOLERANCE_PARAM: study.breakdown.tolerance, METRIC_PARAM: study.breakdown.metric}
 
 
 def ensure_parent_run(client: MlflowClient, experiment_id: str, study) -> str:
@@ -164,40 +165,46 @@ def log_level(client: MlflowClient, run_id: str, result: dict[str, Any],
     return True
 
 
-def trial_summary(levels: list[dict], tolerance_pp: float) -> dict[str, float]:
-    """Dense accuracy and breakdown sparsity of the ticket and of each control present."""
+def trial_summary(levels: list[dict], tolerance_pp: float,
+                  metric: str = "test_acc") -> dict[str, float]:
+    """Dense accuracy and breakdown sparsity (under ``metric``) of the ticket and of each control
+    present."""
     summary = {"dense_test_acc": dense_accuracy(levels),
-               "breakdown_sparsity": breakdown_sparsity(levels, tolerance_pp)}
+               "breakdown_sparsity": breakdown_sparsity(levels, tolerance_pp, metric)}
     for name in CONTROL_NAMES:
-        key = f"{name}_test_acc"
-        if any(key in level for level in levels):
-            summary[f"{name}_breakdown_sparsity"] = breakdown_sparsity(levels, tolerance_pp, key)
+        if any(metric_key(metric, name) in level for level in levels):
+            summary[f"{name}_breakdown_sparsity"] = breakdown_sparsity(levels, tolerance_pp,
+                                                                       metric, name)
     return summary
 
 
-def plot_trial(levels: list[dict], tolerance_pp: float, title: str, path: Path) -> Path:
-    """Accuracy vs density of the ticket and each control of one trial."""
-    series = {"ticket": ([lv["density"] for lv in levels], [lv["test_acc"] for lv in levels], None)}
-    for name in CONTROL_NAMES:
-        key = f"{name}_test_acc"
+def plot_trial(levels: list[dict], tolerance_pp: float, metric: str, title: str,
+               path: Path) -> Path:
+    """Accuracy (under ``metric``) vs density of the ticket and each control of one trial."""
+    series = {}
+    for name in (None, *CONTROL_NAMES):
+        key = metric_key(metric, name)
         rows = [lv for lv in levels if key in lv]
         if rows:
-            series[name] = ([lv["density"] for lv in rows], [lv[key] for lv in rows], None)
-    return accuracy_vs_density(series, dense_accuracy(levels), tolerance_pp, title, path)
+            series[name or "ticket"] = ([lv["density"] for lv in rows], [lv[key] for lv in rows],
+                                        None)
+    return accuracy_vs_density(series, dense_accuracy(levels, metric), tolerance_pp, title, path,
+                               metric)
 
 
 def finish_trial(client: MlflowClient, run_id: str, levels: dict[int, dict], tolerance_pp: float,
-                 title: str) -> None:
+                 title: str, metric: str = "test_acc") -> None:
     """Log the trial's summary metrics (each once) and its plot, then mark the run FINISHED."""
     ordered = [levels[level] for level in sorted(levels)]
     if ordered and ordered[0]["level"] == 0:
         existing = client.get_run(run_id).data.metrics
-        summary = {key: value for key, value in trial_summary(ordered, tolerance_pp).items()
+        summary = {key: value for key, value in trial_summary(ordered, tolerance_pp, metric).items()
                    if existing.get(key) != value}
         now, step = int(time.time() * 1000), ordered[-1]["level"]
         client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in summary.items()])
         with tempfile.TemporaryDirectory() as temp:
-            path = plot_trial(ordered, tolerance_pp, title, Path(temp) / "accuracy_vs_density.png")
+            path = plot_trial(ordered, tolerance_pp, metric, title,
+                              Path(temp) / "accuracy_vs_density.png")
             client.log_artifact(run_id, str(path), "plots")
     client.set_terminated(run_id, "FINISHED")
 
@@ -298,7 +305,7 @@ class MlflowLevelLogger(Callback):
         title = f"{self.study.name} {trial.trial_id}: " + ", ".join(
             f"{key}={swept[key]}" for key in sorted(swept))
         finish_trial(self.connect(), run_id, self._levels[trial.trial_id],
-                     self.study.breakdown.tolerance, title)
+                     self.study.breakdown.tolerance, title, self.study.breakdown.metric)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         run_id = self.trial_run_id(trial)
@@ -308,7 +315,8 @@ class MlflowLevelLogger(Callback):
         client = self.connect()
         try:
             report = build_report(self.tracking_uri, self.experiment_name,
-                                  self.study.breakdown.tolerance, sweep=self.study.name)
+                                  self.study.breakdown.tolerance, sweep=self.study.name,
+                                  metric=self.study.breakdown.metric)
         except ValueError as error:  # no trial finished its dense level: nothing to summarise
             logger.warning("no sweep summary: %s", error)
         else:

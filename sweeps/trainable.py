@@ -39,10 +39,10 @@ def flat_levels(levels: list[dict]) -> list[dict]:
     return rows
 
 
-def level_result(levels: list[dict], tolerance: float, run_dir: Path) -> dict:
+def level_result(levels: list[dict], tolerance: float, metric: str, run_dir: Path) -> dict:
     """The Tune result for the newest level: ticket metrics first (they lead Tune's table)."""
     rows = flat_levels(levels)
-    summary = {**rows[-1], "breakdown_sparsity": breakdown_sparsity(rows, tolerance),
+    summary = {**rows[-1], "breakdown_sparsity": breakdown_sparsity(rows, tolerance, metric),
                "dense_test_acc": rows[0]["test_acc"], "run_dir": str(run_dir)}
     return {key: summary[key] for key in RESULT_ORDER} | {
         key: value for key, value in summary.items() if key not in RESULT_ORDER}
@@ -81,13 +81,14 @@ def imp_trial(params: dict, study: Study) -> None:
             last_reported = _restore_resume_kit(Path(kit), run_dir)
     run = ImpRun(config, run_dir)
     levels: list[dict] = []
-    tolerance = study.breakdown.tolerance
+    tolerance, metric = study.breakdown.tolerance, study.breakdown.metric
     for level in run.levels:
         levels.append(run.run_level(level))
         if level > last_reported:
             with tempfile.TemporaryDirectory() as folder:
                 _write_resume_kit(run, level, Path(folder))
-                tune.report(level_result(levels, tolerance, run_dir),
+                tune.report(level_result(levels, tolerance, metric, run_dir),
                             checkpoint=tune.Checkpoint.from_directory(folder))
-        if study.breakdown.early_stop and levels_below(levels, tolerance) >= study.breakdown.patience:
+        if study.breakdown.early_stop and (levels_below(flat_levels(levels), tolerance, metric)
+                                           >= study.breakdown.patience):
             break

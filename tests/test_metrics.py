@@ -71,14 +71,14 @@ def test_nan_accuracy_counts_as_below():
 
 def test_control_key_is_measured_against_the_ticket_dense_accuracy():
     levels = make_levels([0.98, 0.98, 0.98, 0.98], reinit=[0.975, 0.968, 0.99])
-    assert breakdown_sparsity(levels, 1.0, key="reinit_test_acc") == pytest.approx(0.2)
+    assert breakdown_sparsity(levels, 1.0, control="reinit") == pytest.approx(0.2)
     assert breakdown_sparsity(levels, 1.0) == pytest.approx(1 - 0.8**3)
 
 
 def test_levels_missing_the_key_are_skipped():
     levels = make_levels([0.98, 0.98, 0.98], reinit=[0.98, 0.98])
     del levels[1]["reinit_test_acc"]
-    assert breakdown_sparsity(levels, 1.0, key="reinit_test_acc") == pytest.approx(1 - 0.8**2)
+    assert breakdown_sparsity(levels, 1.0, control="reinit") == pytest.approx(1 - 0.8**2)
     assert breakdown_sparsity(levels[:1], 1.0) == 0.0
 
 
@@ -92,3 +92,19 @@ def test_levels_below_counts_the_trailing_run_of_failures():
     assert levels_below(make_levels([0.98, 0.98, 0.90, 0.98, 0.90, 0.89]), 1.0) == 2
     assert levels_below(make_levels([0.98, 0.90, 0.89]), 1.0) == 2
     assert levels_below(make_levels([0.98]), 1.0) == 0
+
+
+def test_the_metric_picks_which_accuracy_and_which_dense_value():
+    # Final accuracy dips at level 2 while early-stop accuracy holds; the dense value compared
+    # against is level 0's under the same metric.
+    levels = make_levels([0.96, 0.97, 0.94, 0.97])
+    for level, es in zip(levels, [0.975, 0.972, 0.970, 0.968]):
+        level["early_stop_acc"] = es
+    levels[1]["reinit_early_stop_acc"], levels[2]["reinit_early_stop_acc"] = 0.97, 0.95
+    levels[3]["reinit_early_stop_acc"] = 0.97
+    assert breakdown_sparsity(levels, 1.0) == pytest.approx(0.2)
+    assert breakdown_sparsity(levels, 1.0, "early_stop_acc") == pytest.approx(1 - 0.8**3)
+    assert breakdown_sparsity(levels, 1.0, "early_stop_acc", "reinit") == pytest.approx(0.2)
+    assert dense_accuracy(levels, "early_stop_acc") == 0.975
+    assert levels_below(levels[:3], 1.0) == 1
+    assert levels_below(levels[:3], 1.0, "early_stop_acc") == 0

@@ -31,9 +31,13 @@ def write_trial_run(client: MlflowClient, experiment_id: str, label: str, seed: 
     metrics = []
     for level, acc in enumerate(tickets[:levels]):
         density = (1 - RATES[label]) ** level
-        values = {"density": density, "sparsity": 1 - density, "test_acc": acc}
+        # The accuracy at early stop: the final one, except that level 1 dips 3 pp.
+        early = acc - (0.03 if level == 1 else 0.0)
+        values = {"density": density, "sparsity": 1 - density, "test_acc": acc,
+                  "early_stop_acc": early}
         if level >= 1:
             values["reinit_test_acc"] = reinits[level - 1]
+            values["reinit_early_stop_acc"] = reinits[level - 1]
         metrics += [Metric(key, value, 1000 + level, level) for key, value in values.items()]
     client.log_batch(run_id, metrics=metrics)
     client.set_terminated(run_id, status)
@@ -128,3 +132,18 @@ def test_missing_experiment_or_runs_is_a_clear_error(store):
         report_command("nope", store, None, "unused")
     with pytest.raises(ValueError, match="'empty' .* has no trial runs"):
         report_command("empty", store, None, "unused")
+
+
+def test_metric_chooses_the_accuracy(store, tmp_path, capsys):
+    report = build_report(store, EXPERIMENT, metric="early_stop_acc")
+    assert report.metric == "early_stop_acc"
+    # Every ticket's level 1 is 3 pp lower at early stop: beyond the 2 pp tolerance.
+    assert [c.breakdown() for c in report.configurations] == [(0.0, 0.0), (0.0, 0.0)]
+    # reinit's early-stop accuracies equal its final ones: the same breakdown as under test_acc.
+    assert report.configurations[0].breakdown("reinit") == pytest.approx((0.2, 0.0))
+    assert build_report(store, EXPERIMENT).configurations[0].breakdown("reinit") == \
+        pytest.approx((0.2, 0.0))
+    assert report_command(EXPERIMENT, store, None, tmp_path, "early_stop_acc") == 0
+    assert "accuracy = early_stop_acc" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="metric 'val_acc': not one of"):
+        build_report(store, EXPERIMENT, metric="val_acc")

@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from ray.tune.experiment import Trial
 
 from lt_core.config import config_from_dict
+from sweeps.study import Breakdown
 from sweeps.tracking import (MlflowLevelLogger, config_label, ensure_child_run, ensure_parent_run,
                              experiment_id_for, flatten, log_level, logged_levels, param_text)
 
@@ -32,7 +33,8 @@ def experiment(store, request) -> tuple[MlflowClient, str]:
     return client, experiment_id_for(client, request.node.name, store)
 
 
-def make_study(tmp_path: Path, name: str = "lenet-rate") -> SimpleNamespace:
+def make_study(tmp_path: Path, name: str = "lenet-rate",
+               metric: str = "test_acc") -> SimpleNamespace:
     """A stand-in for sweeps.study.Study with the attributes the logger reads."""
     raw = {"name": name, "base": "examples/lenet.yaml", "breakdown": {"tolerance": 1.0},
            "search": {"pruning.rate": {"grid": [0.2, 0.4]}, "seed": {"grid": [0, 1]}},
@@ -41,7 +43,7 @@ def make_study(tmp_path: Path, name: str = "lenet-rate") -> SimpleNamespace:
     source.write_text(f"name: {name}\n")
     return SimpleNamespace(name=name, raw=raw, source_path=source,
                            swept_keys=["pruning.rate", "seed"],
-                           breakdown=SimpleNamespace(tolerance=1.0))
+                           breakdown=Breakdown(tolerance=1.0, metric=metric))
 
 
 def resolve_config(study, params: dict):
@@ -57,14 +59,17 @@ def resolve_config(study, params: dict):
 
 
 def level_result(level: int, acc: float, reinit_acc: float | None = None) -> dict:
-    """A Tune result as the trainable reports it for one level."""
+    """A Tune result as the trainable reports it for one level; the accuracy at early stop is
+    the final one + 0.5 pp for the ticket, - 2 pp for reinit."""
     density = 0.8**level
     result = {"level": level, "density": density, "sparsity": 1 - density, "test_acc": acc,
-              "best_test_acc": acc, "test_loss": 0.1, "train_loss": 0.05, "early_stop_iter": 100,
+              "best_test_acc": acc, "early_stop_acc": acc + 0.005, "test_loss": 0.1,
+              "train_loss": 0.05, "early_stop_iter": 100,
               "train_seconds": 1.0, "train_samples": 6000, "dense_test_acc": DENSE_ACC,
               "run_dir": "/tmp/x", "training_iteration": level + 1}
     if reinit_acc is not None:
         result.update({"reinit_test_acc": reinit_acc, "reinit_best_test_acc": reinit_acc,
+                       "reinit_early_stop_acc": reinit_acc - 0.02,
                        "reinit_test_loss": 0.2, "reinit_train_loss": 0.1,
                        "reinit_early_stop_iter": 90})
     return result
@@ -218,3 +223,31 @@ def test_restarted_driver_reuses_runs_and_skips_logged_levels(store, tmp_path, r
         assert history == sorted(set(history)) and history[-1] == 3
     assert [lv["level"] for lv in second.trial_levels(restored)] == [0, 1, 2, 3]
     assert client.get_run(run_id).data.metrics["breakdown_sparsity"] == pytest.approx(1 - 0.8**2)
+
+
+def test_breakdown_metric_is_the_studys(store, tmp_path, request):
+    """With breakdown.metric early_stop_acc the trial summary, the parent param and the sweep
+    table use the accuracy at early stop (level 3's final accuracy dips, its early-stop accuracy
+    does not; reinit's early-stop accuracy is 2 pp lower)."""
+    logger = MlflowLevelLogger(make_study(tmp_path, metric="early_stop_acc"), store,
+                               request.node.name, resolve_config=resolve_config)
+    logger.setup()
+    trial = make_trial("trial_00000", 0.2, 0)
+    logger.on_trial_start(0, [trial], trial)
+    results = [level_result(0, DENSE_ACC), level_result(1, 0.981, 0.975),
+               level_result(2, 0.975, 0.985), level_result(3, 0.96, 0.94)]
+    results[3]["early_stop_acc"] = 0.978  # within 1 pp of the dense 0.985 at early stop
+    for result in results:
+        logger.on_trial_result(0, [trial], trial, result)
+    logger.on_trial_complete(0, [trial], trial)
+    logger.on_experiment_end([trial])
+
+    client = MlflowClient(store)
+    run = client.get_run(logger.trial_run_id(trial))
+    assert run.data.metrics["breakdown_sparsity"] == pytest.approx(1 - 0.8**3)
+    assert run.data.metrics["reinit_breakdown_sparsity"] == 0.0
+    parent = client.get_run(logger.parent_run_id)
+    assert parent.data.params["breakdown.metric"] == "early_stop_acc"
+    text = Path(client.download_artifacts(parent.info.run_id, "breakdown.txt",
+                                          str(tmp_path))).read_text()
+    assert "accuracy = early_stop_acc" in text

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from lt_core.batches import PAD, augment_batch, epoch_plan
-from lt_core.config import PruningConfig, TrainConfig
-from lt_core.data import TensorData
+from lt_core.config import DataConfig, PruningConfig, TrainConfig
+from lt_core.data import TensorData, load_dataset
 from lt_core.imp import ImpRun
 from lt_core.lr_schedule import lr_schedule
 from lt_core.masks import apply_masks, dense_masks, prune, pruning_plan
@@ -97,6 +97,27 @@ def test_resume_from_checkpoint_matches_uninterrupted(tiny_data: TensorData,
     assert [r["iteration"] for r in resumed.history] == [15, 30, 45, 50]
     assert resumed.history == full.history
 
+
+
+def test_early_stop_is_the_evaluation_of_minimum_validation_loss(npz_path: Path) -> None:
+    """early_stop_iter and early_stop_acc come from the evaluation with the lowest val_loss (not
+    the lowest test loss), and early_stop_acc is the test accuracy there."""
+    data = load_dataset(DataConfig(name="npz", path=str(npz_path), train_split="train[:1500]",
+                                   test_split="test[:300]", val_size=300), "cpu")
+    config = TrainConfig(optimizer="adam", lr=3e-3, batch_size=60, length="300it",
+                         eval_every="20it")
+    model = lenet(data)
+    outcome = train(model, dense_masks(model), data, config, seed=0, start=0, end=300,
+                    lr_at=lambda _: 3e-3)
+    history = outcome.history
+    assert all("val_loss" in record for record in history)
+    best_val = min(history, key=lambda r: r["val_loss"])
+    assert outcome.early_stop_iter == best_val["iteration"]
+    assert outcome.early_stop_acc == best_val["test_acc"]
+    assert outcome.test_acc == history[-1]["test_acc"]
+    # In this run the two losses have their minima at different evaluations (iterations 80 and
+    # 160, each lower than the runner-up by more than 5%), so the key matters.
+    assert min(history, key=lambda r: r["test_loss"]) is not best_val
 
 # ---- rewinding and retraining ---------------------------------------------------------------
 @pytest.mark.parametrize("retrain", ["rewind", "lr_rewind", "finetune"])
