@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from lt_core.config import (ConfigError, ExperimentConfig, apply_overrides, config_from_dict,
                             format_validation_error, parse_override, read_yaml, set_dotted)
+from lt_core.metrics import ACCURACY_METRICS
 from lt_core.validate import check_experiment
 
 MAX_CHECKED_COMBINATIONS = 2000
@@ -123,7 +124,7 @@ class Breakdown(_Strict):
     tolerance: float = Field(1.0, ge=0)  # percentage points below dense accuracy
     # Which accuracy locates the breakdown (lt_core.metrics.ACCURACY_METRICS): final test
     # accuracy, test accuracy at the early-stop iteration (Frankle & Carbin), or the best.
-    metric: Literal["test_acc", "early_stop_acc", "best_test_acc"] = "test_acc"
+    metric: Literal[ACCURACY_METRICS] = "test_acc"
     early_stop: bool = False  # end a trial once `patience` consecutive levels fall below
     patience: int = Field(2, ge=1)
 

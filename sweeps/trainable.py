@@ -89,6 +89,7 @@ def imp_trial(params: dict, study: Study) -> None:
                 _write_resume_kit(run, level, Path(folder))
                 tune.report(level_result(levels, tolerance, metric, run_dir),
                             checkpoint=tune.Checkpoint.from_directory(folder))
-        if study.breakdown.early_stop and (levels_below(flat_levels(levels), tolerance, metric)
-                                           >= study.breakdown.patience):
+        # levels_below reads only the ticket's accuracy, a top-level key of each level's metrics.
+        if (study.breakdown.early_stop
+                and levels_below(levels, tolerance, metric) >= study.breakdown.patience):
             break
