@@ -51,7 +51,7 @@ def batch(split: Split, plan: EpochPlan, position: int, size: int, augment: bool
     """The batch at ``position`` (batch index within the epoch); the last partial batch is dropped
     by the caller's steps-per-epoch."""
     index = plan.order[position * size:(position + 1) * size]
-    x, y = split.x[index], split.y[index]
+    x, y = split.x.index_select(0, index), split.y.index_select(0, index)
     if augment:
         window = slice(position * size, (position + 1) * size)
         x = augment_batch(x, plan.crops[window], plan.flips[window], pad_value)
