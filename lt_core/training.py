@@ -19,6 +19,7 @@ from lt_core.batches import batch, epoch_plan
 from lt_core.config import TrainConfig
 from lt_core.data import Split, TensorData
 from lt_core.masks import Masks
+from lt_core.optim import make_optimizer
 from lt_core.rundir import atomic_save, load_tensors
 from lt_core.steps import Step
 
@@ -47,16 +48,6 @@ def steps_per_epoch(data: TensorData, config: TrainConfig) -> int:
 
 def total_iterations(data: TensorData, config: TrainConfig) -> int:
     return Step.parse(config.length).iterations(steps_per_epoch(data, config))
-
-
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    # Fused kernels (CPU and CUDA): one pass over each parameter instead of several; the
-    # optimizer step is memory-bound, so this is most of its cost.
-    if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                fused=True)
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                           nesterov=config.nesterov, weight_decay=config.weight_decay, fused=True)
 
 
 @torch.no_grad()
@@ -120,14 +111,12 @@ def train(
             plan = epoch_plan(len(data.train), seed, epoch, data.augment, data.train.x.device)
             plan_epoch = epoch
         x, y = batch(data.train, plan, position, config.batch_size, data.augment, data.pad_value)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(iteration)
         loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         loss.backward()
         if masked_params:
             torch._foreach_mul_([p.grad for p in masked_params], mask_values)
-        optimizer.step()
+        optimizer.step(lr_at(iteration))
         loss_sum += loss.detach()
         loss_count += 1
         iteration += 1
