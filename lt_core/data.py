@@ -26,6 +26,8 @@ TORCHVISION = {
 }
 SHAPES = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32),
           "cifar100": (3, 32, 32)}
+SIZES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000), "cifar10": (50000, 10000),
+         "cifar100": (50000, 10000)}  # (train, test) examples
 _SPLIT = re.compile(r"^(train|test)(?:\[(-?\d*):(-?\d*)\])?$")
 
 
@@ -109,30 +111,55 @@ def _to_images(array: np.ndarray) -> torch.Tensor:
     return images.float().div_(255.0)
 
 
-def dataset_shape(config: DataConfig) -> tuple[tuple[int, int, int], int]:
-    """(C, H, W) and number of classes, without loading a torchvision dataset."""
-    if config.name != "npz":
-        return SHAPES[config.name], TORCHVISION[config.name][3]
-    arrays = _read_npz(config.path)
-    x = arrays["x_train"]
-    shape = (1, *x.shape[1:3]) if x.ndim == 3 else (x.shape[3], *x.shape[1:3])
-    return shape, int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the edge checks need to know about a dataset, without loading its images."""
+
+    input_shape: tuple[int, int, int]  # (C, H, W)
+    num_classes: int
+    train_examples: int  # after the validation holdout
+    test_examples: int
+
+
+def dataset_info(config: DataConfig) -> DatasetInfo:
+    """Shape, classes and split sizes; ConfigError (field named) for a split that selects nothing
+    or a holdout that leaves no training examples."""
+    if config.name == "npz":
+        arrays = _read_npz(config.path)
+        x = arrays["x_train"]
+        shape = (1, *x.shape[1:3]) if x.ndim == 3 else (x.shape[3], *x.shape[1:3])
+        classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
+        totals = {"train": len(arrays["y_train"]), "test": len(arrays["y_test"])}
+    else:
+        shape, classes = SHAPES[config.name], TORCHVISION[config.name][3]
+        totals = dict(zip(("train", "test"), SIZES[config.name]))
+    return DatasetInfo(shape, classes, *_split_sizes(config, totals))
+
+
+def _split_sizes(config: DataConfig, totals: dict[str, int]) -> tuple[int, int]:
+    """(training examples after the holdout, test examples) given the sizes of train and test."""
+    sizes = {}
+    for field in ("train_split", "test_split"):
+        source, window = parse_split(getattr(config, field), field)
+        sizes[field] = len(range(totals[source])[window])
+        if sizes[field] == 0:
+            raise ConfigError(f"data.{field}: {getattr(config, field)!r} selects no examples")
+    if config.val_size >= sizes["train_split"]:
+        raise ConfigError(f"data.val_size: {config.val_size} leaves no training examples "
+                          f"(train split has {sizes['train_split']})")
+    return sizes["train_split"] - config.val_size, sizes["test_split"]
 
 
 def load_dataset(config: DataConfig, device: torch.device | str = "cpu") -> TensorData:
     arrays = _read_npz(config.path) if config.name == "npz" else _read_torchvision(config)
+    n_train, _ = _split_sizes(config, {"train": len(arrays["y_train"]),
+                                       "test": len(arrays["y_test"])})
     parts = {}
     for field in ("train_split", "test_split"):
         source, window = parse_split(getattr(config, field), field)
         x, y = arrays[f"x_{source}"][window], arrays[f"y_{source}"][window]
-        if len(y) == 0:
-            raise ConfigError(f"data.{field}: {getattr(config, field)!r} selects no examples")
         parts[field] = (_to_images(x), torch.as_tensor(np.asarray(y), dtype=torch.int64))
     (train_x, train_y), (test_x, test_y) = parts["train_split"], parts["test_split"]
-    if config.val_size >= len(train_y):
-        raise ConfigError(f"data.val_size: {config.val_size} leaves no training examples "
-                          f"(train split has {len(train_y)})")
-    n_train = len(train_y) - config.val_size
     if config.name == "npz":  # per-channel statistics of the training images (not validation)
         mean = train_x[:n_train].mean(dim=(0, 2, 3))
         std = train_x[:n_train].std(dim=(0, 2, 3)).clamp_min(1e-6)

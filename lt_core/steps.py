@@ -33,3 +33,8 @@ class Step:
         if self.ep and self.it:
             return f"{self.ep}ep{self.it}it"
         return f"{self.ep}ep" if self.ep else f"{self.it}it"
+
+
+def iterations_per_epoch(examples: int, batch_size: int) -> int:
+    """Full batches per epoch (the last partial batch is dropped); at least one."""
+    return max(examples // batch_size, 1)

@@ -21,7 +21,7 @@ from lt_core.data import Split, TensorData
 from lt_core.masks import Masks
 from lt_core.optim import make_optimizer
 from lt_core.rundir import atomic_save, load_tensors
-from lt_core.steps import Step
+from lt_core.steps import Step, iterations_per_epoch
 
 EVAL_CHUNK = 2000
 
@@ -43,7 +43,7 @@ class TrainOutcome:
 
 
 def steps_per_epoch(data: TensorData, config: TrainConfig) -> int:
-    return max(len(data.train) // config.batch_size, 1)
+    return iterations_per_epoch(len(data.train), config.batch_size)
 
 
 def total_iterations(data: TensorData, config: TrainConfig) -> int:

@@ -1,26 +1,39 @@
-"""Checks that need the model or the data's shape, run before anything is started or written."""
+"""Checks that need the model or the data's shape and size, run before anything is started or
+written."""
 
 from __future__ import annotations
 
 import torch
 
 from lt_core.config import ConfigError, ExperimentConfig
-from lt_core.data import dataset_shape, parse_split
+from lt_core.data import dataset_info
 from lt_core.masks import pruning_plan
 from lt_core.models import build_model
+from lt_core.steps import Step, iterations_per_epoch
 
 
 def check_experiment(config: ExperimentConfig, source: str = "config") -> None:
     """Raise ConfigError (one line, field named) for what pydantic alone cannot see."""
     try:
-        parse_split(config.data.train_split, "train_split")
-        parse_split(config.data.test_split, "test_split")
-        input_shape, num_classes = dataset_shape(config.data)
+        info = dataset_info(config.data)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
+    _check_schedule(config, info.train_examples, source)
     with torch.device("meta"):
-        model = build_model(config.model.name, input_shape, num_classes)
+        model = build_model(config.model.name, info.input_shape, info.num_classes)
     try:
         pruning_plan(model, config.pruning)
     except ValueError as err:
         raise ConfigError(f"{source}: {err}") from None
+
+
+def _check_schedule(config: ExperimentConfig, train_examples: int, source: str) -> None:
+    """Pruned levels train from the rewind point to the end: it must come before the end."""
+    per_epoch = iterations_per_epoch(train_examples, config.train.batch_size)
+    length = Step.parse(config.train.length).iterations(per_epoch)
+    rewind = Step.parse(config.imp.rewind).iterations(per_epoch)
+    if config.imp.levels > 0 and rewind >= length:
+        raise ConfigError(
+            f"{source}: imp.rewind: {config.imp.rewind!r} ({rewind} iterations) leaves pruned "
+            f"levels nothing to train: train.length {config.train.length!r} is {length} "
+            f"iterations ({per_epoch} per epoch)")

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lt_core.cli import main as lt_core_main
 from lt_core.config import (ConfigError, ExperimentConfig, apply_overrides, config_from_dict,
                             load_config)
 from lt_core.model_defaults import MODEL_DEFAULTS
+from lt_core.validate import check_experiment
 
 NPZ_DATA = {"name": "npz", "path": "/nonexistent/data.npz"}  # config does not read the file
 
@@ -193,3 +195,34 @@ def test_config_is_frozen() -> None:
     config = config_from_dict(base())
     with pytest.raises(Exception):
         config.train.lr = 1.0  # type: ignore[misc]
+
+
+# ---- checks that need the data's size, at the CLI edge --------------------------------------
+@pytest.mark.parametrize("set_args, fragment", [
+    # 1200 training images at batch 60: 20 iterations per epoch, 2ep = 40 iterations
+    (["imp.rewind=40it"], "imp.rewind: '40it' (40 iterations) leaves pruned levels nothing"),
+    (["imp.rewind=2ep"], "imp.rewind: '2ep' (40 iterations)"),
+    (["data.val_size=1200"], "data.val_size: 1200 leaves no training examples"),
+    (["data.test_split=test[5:5]"], "data.test_split: 'test[5:5]' selects no examples"),
+])
+def test_imp_cli_rejects_data_dependent_errors_before_writing(set_args, fragment, npz_path,
+                                                              tmp_path, capsys) -> None:
+    config = write_yaml(tmp_path, base(data={"name": "npz", "path": str(npz_path),
+                                             "train_split": "train[:1200]"},
+                                       train={"length": "2ep"}, imp={"levels": 1}))
+    out = tmp_path / "run"
+    argv = ["imp", str(config), "--out", str(out)]
+    for item in set_args:
+        argv += ["--set", item]
+    assert lt_core_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(config) in err and fragment in err, err
+    assert not out.exists()
+
+
+def test_rewind_before_the_end_is_accepted(npz_path, tmp_path) -> None:
+    raw = base(data={"name": "npz", "path": str(npz_path), "train_split": "train[:1200]"},
+               train={"length": "2ep"}, imp={"levels": 1, "rewind": "39it"})
+    check_experiment(config_from_dict(raw))
+    raw["imp"] = {"levels": 0, "rewind": "3ep"}  # no pruned level retrains: nothing to check
+    check_experiment(config_from_dict(raw))

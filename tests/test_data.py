@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lt_core.config import ConfigError, DataConfig
-from lt_core.data import DataUnavailable, dataset_shape, load_dataset, parse_split
+from lt_core.data import DataUnavailable, DatasetInfo, dataset_info, load_dataset, parse_split
 
 
 def npz_config(path: Path, **changes) -> DataConfig:
@@ -150,12 +150,24 @@ def test_rgb_npz_layout(tmp_path: Path) -> None:
     torch.testing.assert_close(stds, torch.ones(3), atol=1e-4, rtol=0)
     # The first test image is the first training image, channel by channel.
     torch.testing.assert_close(data.test.x[0], data.train.x[0])
-    assert dataset_shape(npz_config(path)) == ((3, 6, 5), 4)
+    assert dataset_info(npz_config(path)) == DatasetInfo((3, 6, 5), 4, 50, 7)
 
 
-def test_dataset_shape(npz_path: Path) -> None:
-    assert dataset_shape(npz_config(npz_path)) == ((1, 28, 28), 10)
-    assert dataset_shape(DataConfig(name="cifar100", root="/nonexistent")) == ((3, 32, 32), 100)
+def test_dataset_info_without_loading(npz_path: Path) -> None:
+    config = npz_config(npz_path, train_split="train[1000:4000]", test_split="test[-500:]",
+                        val_size=600)
+    info = dataset_info(config)
+    assert info == DatasetInfo((1, 28, 28), 10, 2400, 500)
+    data = load_dataset(config)
+    assert (len(data.train), len(data.test)) == (info.train_examples, info.test_examples)
+    assert dataset_info(DataConfig(name="cifar100", root="/nonexistent", val_size=5000)) == \
+        DatasetInfo((3, 32, 32), 100, 45000, 10000)
+    assert dataset_info(DataConfig(name="mnist", root="/nonexistent",
+                                   train_split="train[:-100]")).train_examples == 59900
+    with pytest.raises(ConfigError, match=r"^data\.train_split: 'train\[8000:\]' selects no"):
+        dataset_info(npz_config(npz_path, train_split="train[8000:]"))
+    with pytest.raises(ConfigError, match=r"^data\.val_size: "):
+        dataset_info(DataConfig(name="fashion_mnist", root="/x", val_size=60000))
 
 
 @pytest.mark.parametrize("name", ["mnist", "cifar10"])
