@@ -143,10 +143,11 @@ class ExperimentConfig(_Strict):
 
 
 def deep_merge(base: dict, top: dict) -> dict:
-    """``top`` over ``base``, recursively for nested dicts; neither input is modified."""
+    """``top`` over ``base``, recursively for nested dicts; neither input is modified. An empty
+    dict in ``top`` replaces (merging one would change nothing, so writing it means "clear")."""
     merged = copy.deepcopy(base)
     for key, value in top.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if isinstance(value, dict) and value and isinstance(merged.get(key), dict):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)

@@ -66,6 +66,15 @@ def test_user_values_override_defaults_and_keep_the_rest() -> None:
     assert MODEL_DEFAULTS == before  # defaults not modified
 
 
+def test_empty_mapping_clears_a_default(tmp_path: Path) -> None:
+    before = copy.deepcopy(MODEL_DEFAULTS)
+    assert config_from_dict(base(pruning={"layer_rates": {}})).pruning.layer_rates == {}
+    path = write_yaml(tmp_path, base(model={"name": "conv4"}))
+    assert load_config(path).pruning.layer_rates == {"conv": 0.1, "output": 0.1}
+    assert load_config(path, ["pruning.layer_rates={}"]).pruning.layer_rates == {}
+    assert MODEL_DEFAULTS == before
+
+
 def test_defaults_follow_the_model() -> None:
     config = config_from_dict(base(model={"name": "conv6"}))
     assert config.pruning.layer_rates == {"conv": 0.15, "output": 0.1}
