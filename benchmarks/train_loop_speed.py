@@ -114,7 +114,8 @@ def main() -> None:
                              for _ in range(args.repeats))
         print(f"{threads} thread(s): conventional (PIL per sample + DataLoader + prune hooks) "
               f"{base[threads]:6.0f} samples/s | lt_core masked {masked[threads]:6.0f} | "
-              f"lt_core unmasked {dense[threads]:6.0f} | ratio {masked[threads] / base[threads]:.1f}x")
+              f"lt_core unmasked {dense[threads]:6.0f} | "
+              f"ratio {masked[threads] / base[threads]:.1f}x")
     best = max(masked, key=masked.get)
     print(f"speed-up lt_core masked / conventional, each at its best thread count: "
           f"{max(masked.values()) / max(base.values()):.1f}x  (target >= 5x)")
