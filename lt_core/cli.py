@@ -7,9 +7,12 @@ import sys
 import time
 from pathlib import Path
 
+from lt_core.breakdown import BreakdownRule, trial_summary
 from lt_core.config import ConfigError, load_config
 from lt_core.data import DataUnavailable
 from lt_core.imp import ImpRun, RunDirMismatch
+from lt_core.levels import LevelRecord
+from lt_core.metrics import ACCURACY_METRICS, TICKET
 from lt_core.validate import check_experiment
 
 USER_ERRORS = (ConfigError, DataUnavailable, RunDirMismatch)
@@ -31,17 +34,36 @@ class ProgressBar:
         self.stream.flush()
 
 
-def level_table(rows: list[dict], controls: list[str]) -> str:
-    header = ["level", "density", "ticket"] + controls
+def level_table(records: list[LevelRecord], controls: list[str],
+                metric: str = "test_acc") -> str:
+    """Per level and refinement point (e.g. 7.250), each network's accuracy under ``metric``."""
+    header = ["level", "density", TICKET] + controls
     lines = ["  ".join(f"{h:>12}" for h in header)]
-    for row in rows:
-        cells = [f"{row['level']:>12d}", f"{100 * row['density']:>11.2f}%",
-                 f"{100 * row['test_acc']:>11.2f}%"]
-        for name in controls:
-            control = row["controls"].get(name)
-            cells.append(f"{100 * control['test_acc']:>11.2f}%" if control else f"{'-':>12}")
+    for record in records:
+        position = f"{record.level}" + (f".{record.sublevel:03d}" if record.sublevel else "")
+        cells = [f"{position:>12}", f"{100 * record.density:>11.2f}%"]
+        for name in [TICKET, *controls]:
+            value = record.value(name, metric)
+            cells.append(f"{100 * value:>11.2f}%" if value is not None else f"{'-':>12}")
         lines.append("  ".join(cells))
     return "\n".join(lines)
+
+
+def breakdown_line(records: list[LevelRecord], rule: BreakdownRule) -> str:
+    summary = trial_summary(records, rule)
+    parts = []
+    for name in [TICKET] + sorted({n for r in records for n in r.networks} - {TICKET}):
+        prefix = "" if name == TICKET else f"{name}_"
+        if f"{prefix}breakdown_sparsity_est" not in summary:
+            continue
+        low = 100 * summary[f"{prefix}breakdown_sparsity_low"]
+        if summary[f"{prefix}breakdown_censored"]:
+            parts.append(f"{name} > {low:.2f}% (not reached)")
+        else:
+            parts.append(f"{name} {100 * summary[f'{prefix}breakdown_sparsity_est']:.2f}% "
+                         f"({low:.2f}-{100 * summary[f'{prefix}breakdown_sparsity_high']:.2f})")
+    return (f"breakdown sparsity ({rule.metric}, {rule.tolerance_pp:g} pp): "
+            + ("; ".join(parts) or "no pruned level yet"))
 
 
 def add_imp_command(subparsers) -> None:
@@ -50,17 +72,30 @@ def add_imp_command(subparsers) -> None:
     parser.add_argument("--out", required=True, help="run directory (resumed if it exists)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config field, e.g. train.lr=0.01")
+    parser.add_argument("--tolerance", type=float, default=1.0,
+                        help="breakdown: percentage points below dense accuracy (default 1)")
+    parser.add_argument("--metric", choices=ACCURACY_METRICS, default="test_acc",
+                        help="breakdown: which accuracy (default test_acc)")
     parser.set_defaults(handler=run_imp_command)
 
 
 def run_imp_command(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     check_experiment(config, args.config)
+    if args.tolerance < 0:
+        raise ConfigError(f"--tolerance: {args.tolerance:g} is negative")
+    rule = BreakdownRule(args.tolerance, args.metric)
     out = Path(args.out).expanduser().resolve()
     run = ImpRun(config, out, progress=ProgressBar(config.imp.levels))
     started = time.perf_counter()
-    rows = [run.run_level(level) for level in run.levels]
-    print(level_table(rows, list(config.imp.controls)))
+    for level in run.levels:
+        run.run_level(level)
+    if config.imp.control_levels == "breakdown":
+        for _ in run.measure_controls(rule):
+            pass
+    records = run.records()
+    print(level_table(records, list(config.imp.controls), rule.metric))
+    print(breakdown_line(records, rule))
     print(f"run directory: {out}  ({time.perf_counter() - started:.1f} s)")
     return 0
 

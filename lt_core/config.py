@@ -115,6 +115,9 @@ class ImpConfig(_Strict):
     rewind: StepText = "0it"  # k: rewind point (0it = reset to init, the original LTH)
     retrain: Literal["rewind", "lr_rewind", "finetune"] = "rewind"
     controls: list[Literal["reinit", "random_prune", "shuffle"]] = []
+    # Where controls are trained: every pruned level, or (after the ticket's levels) only the
+    # levels a bisection over each control's own breakdown needs (lt_core.breakdown).
+    control_levels: Literal["all", "breakdown"] = "all"
 
 
 class ExperimentConfig(_Strict):

@@ -6,9 +6,16 @@ and retrains iterations k..T by the ``retrain`` mode:
   rewind     survivors back to ``rewind.pt``, LR schedule from k (k = 0: the original LTH)
   lr_rewind  keep the pruned final weights, replay the LR schedule from k
   finetune   keep the pruned final weights, train at the schedule's final LR
-Controls are trained beside the ticket at every pruned level. A level is finished when its
-``metrics.json`` exists; everything before it is skipped on restart, and unfinished training
-resumes from its last evaluation checkpoint.
+Controls are trained beside the ticket at every pruned level (``imp.control_levels: all``), or
+afterwards only at the levels that locate their own breakdown (``breakdown``: bisection, see
+``lt_core.breakdown.next_level_to_measure``).
+
+Refinement points (``run_sublevel``) lie between grid levels a and a+1: pruned from level a's
+final weights (level 0's in one-shot mode) at the fractional exponent a + s/1000, so that s = 0
+would give level a's mask and s = 1000 level a+1's. Each is retrained exactly as a level.
+
+A level is finished when its ``metrics.json`` exists; everything before it is skipped on restart,
+and unfinished training resumes from its last evaluation checkpoint.
 """
 
 from __future__ import annotations
@@ -16,18 +23,22 @@ from __future__ import annotations
 import math
 import zlib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import torch
 
+from lt_core.breakdown import BreakdownRule, dense_accuracy, next_level_to_measure, refinement_plan
 from lt_core.config import ExperimentConfig, config_from_dict
 from lt_core.controls import CONTROLS
 from lt_core.data import TensorData, load_dataset
+from lt_core.levels import SUBLEVELS, LevelRecord
 from lt_core.lr_schedule import lr_schedule
 from lt_core.masks import Masks, apply_masks, dense_masks, density, prune, pruning_plan
+from lt_core.metrics import TICKET
 from lt_core.models import build_model
-from lt_core.rundir import (atomic_save, atomic_write_json, atomic_write_text, level_dir,
-                            load_tensors, read_json)
+from lt_core.rundir import (atomic_save, atomic_write_json, atomic_write_text, config_file,
+                            final_file, init_file, level_dir, load_tensors, mask_file,
+                            metrics_file, network_files, point_dirs, read_json, rewind_file)
 from lt_core.steps import Step
 from lt_core.training import TrainOutcome, steps_per_epoch, total_iterations, train
 
@@ -49,6 +60,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def run_records(out: Path) -> list[LevelRecord]:
+    """Every finished level and refinement point of a run directory, in level order."""
+    return [LevelRecord.from_metrics(read_json(metrics_file(folder)))
+            for _, _, folder in point_dirs(Path(out)) if metrics_file(folder).exists()]
+
+
 class ImpRun:
     """One IMP experiment bound to its run directory."""
 
@@ -65,16 +82,16 @@ class ImpRun:
 
     # ---- set-up -------------------------------------------------------------------------------
     def _claim_directory(self) -> None:
-        config_file = self.out / "config.yaml"
-        if config_file.exists():
+        path = config_file(self.out)
+        if path.exists():
             import yaml
 
-            existing = config_from_dict(yaml.safe_load(config_file.read_text()), str(config_file))
+            existing = config_from_dict(yaml.safe_load(path.read_text()), str(path))
             if existing != self.config:
                 raise RunDirMismatch(f"{self.out}: holds a run with a different config; "
                                      f"use another --out or delete it")
         else:
-            atomic_write_text(self.config.to_yaml(), config_file)
+            atomic_write_text(self.config.to_yaml(), path)
 
     @property
     def data(self) -> TensorData:
@@ -101,111 +118,189 @@ class ImpRun:
         return range(self.config.imp.levels + 1)
 
     def finished_levels(self) -> list[int]:
-        return [lv for lv in self.levels if (level_dir(self.out, lv) / "metrics.json").exists()]
+        return [lv for lv in self.levels if metrics_file(level_dir(self.out, lv)).exists()]
 
-    def level_metrics(self, level: int) -> dict:
-        return read_json(level_dir(self.out, level) / "metrics.json")
+    def level_metrics(self, level: int, sublevel: int = 0) -> dict:
+        return read_json(metrics_file(level_dir(self.out, level, sublevel)))
+
+    def records(self) -> list[LevelRecord]:
+        """Every finished level and refinement point in the run directory, in level order."""
+        return run_records(self.out)
 
     def run(self) -> list[dict]:
         return [self.run_level(level) for level in self.levels]
 
     def run_level(self, level: int) -> dict:
-        """Train one level (and its controls) unless already finished; returns its metrics."""
+        """Train one level's ticket (and its controls, with ``control_levels: all``) unless
+        already finished; returns its metrics."""
         folder = level_dir(self.out, level)
-        if (folder / "metrics.json").exists():
+        if metrics_file(folder).exists():
             return self.level_metrics(level)
-        if level > 0 and not (level_dir(self.out, level - 1) / "metrics.json").exists():
+        if level > 0 and not metrics_file(level_dir(self.out, level - 1)).exists():
             raise RuntimeError(f"level {level} needs level {level - 1} to be finished first")
         masks = self._masks_for(level)
-        atomic_save(masks, folder / "mask.pt")
-        ticket = self._train_once(level, "ticket", folder, self._ticket_start(level), masks)
+        ticket = self._train_network(level, 0, TICKET, self._ticket_start(level), masks)
         metrics = {"level": level, "density": density(masks), "sparsity": 1 - density(masks),
-                   **ticket}
-        controls = {}
-        if level > 0:
-            for index, name in enumerate(self.config.imp.controls):
-                seed = derived_seed(self.config.seed, level, name)
-                generator = torch.Generator().manual_seed(seed)
-                start = CONTROLS[name](self._ticket_start(level), masks,
-                                       lambda: self._fresh_model(seed).state_dict(), generator)
-                result = self._train_once(level, name, folder / "controls" / name, start.state,
-                                          start.masks)
-                controls[name] = {"level": level, "density": density(start.masks),
-                                  "sparsity": 1 - density(start.masks), **result}
-        metrics["controls"] = controls
-        atomic_write_json(metrics, folder / "metrics.json")
+                   **ticket, "controls": {}}
+        if level > 0 and self.config.imp.control_levels == "all":
+            for name in self.config.imp.controls:
+                metrics["controls"][name] = self._train_control(level, 0, name, masks)
+        atomic_write_json(metrics, metrics_file(folder))
         return metrics
 
-    def _masks_for(self, level: int) -> Masks:
-        if level == 0:
-            return dense_masks(self._init_model())
-        stored = level_dir(self.out, level) / "mask.pt"
+    def add_control(self, level: int, name: str) -> dict:
+        """Train control ``name`` at a finished pruned level (unless it has it); the level's
+        updated metrics."""
+        metrics = self.level_metrics(level)
+        if name not in metrics["controls"]:
+            masks = self._load(mask_file(level_dir(self.out, level)))
+            metrics["controls"][name] = self._train_control(level, 0, name, masks)
+            atomic_write_json(metrics, metrics_file(level_dir(self.out, level)))
+        return metrics
+
+    def measure_controls(self, rule: BreakdownRule) -> Iterator[dict]:
+        """``control_levels: breakdown``: once the ticket's levels are trained, each control at
+        the levels a bisection over its own breakdown needs; yields each level's metrics as a
+        control is added to it."""
+        finished = self.finished_levels()
+        deepest = max(finished, default=0)
+        for name in self.config.imp.controls:
+            while (level := next_level_to_measure(self._measured(name, rule), deepest)) is not None:
+                yield self.add_control(level, name)
+
+    def _measured(self, network: str, rule: BreakdownRule) -> dict[int, bool]:
+        """Grid level -> within tolerance, for the pruned levels where ``network`` was trained."""
+        records = [r for r in self.records() if r.sublevel == 0]
+        threshold = rule.threshold(dense_accuracy(records, rule.metric))
+        return {r.level: rule.within(r.value(network, rule.metric), threshold)
+                for r in records if r.level >= 1 and network in r.networks}
+
+    # ---- refinement ---------------------------------------------------------------------------
+    def refine(self, rule: BreakdownRule, networks: Iterable[str], steps: int) -> Iterator[dict]:
+        """Train the refinement points ``refinement_plan`` asks for; yields each one's metrics."""
+        for task in refinement_plan(self.records(), networks, rule, steps):
+            yield self.run_sublevel(task.level, task.sublevel, task.networks)
+
+    def run_sublevel(self, level: int, sublevel: int, networks: Iterable[str]) -> dict:
+        """Train the given networks at the refinement point ``sublevel``/1000 of a level past
+        grid level ``level`` (which must be finished); returns the point's metrics."""
+        if not 0 < sublevel < SUBLEVELS:
+            raise ValueError(f"sublevel {sublevel} is not between 1 and {SUBLEVELS - 1}")
+        if not metrics_file(level_dir(self.out, level)).exists():
+            raise RuntimeError(f"refining past level {level} needs level {level} finished first")
+        folder = level_dir(self.out, level, sublevel)
+        masks = self._masks_for(level, sublevel)
+        metrics = (read_json(metrics_file(folder)) if metrics_file(folder).exists() else
+                   {"level": level, "sublevel": sublevel, "density": density(masks),
+                    "sparsity": 1 - density(masks), "controls": {}})
+        for network in networks:
+            if network == TICKET and "test_acc" not in metrics:
+                metrics.update(self._train_network(level, sublevel, TICKET,
+                                                   self._ticket_start(level, sublevel), masks))
+            elif network != TICKET and network not in metrics["controls"]:
+                metrics["controls"][network] = self._train_control(level, sublevel, network, masks)
+        # Keys in a stable order: the point, the ticket, then the controls.
+        metrics = {**{k: v for k, v in metrics.items() if k != "controls"},
+                   "controls": metrics["controls"]}
+        atomic_write_json(metrics, metrics_file(folder))
+        return metrics
+
+    # ---- masks and starting weights ----------------------------------------------------------
+    def _exponent(self, level: int, sublevel: int = 0) -> float:
+        """Levels of pruning at ``rate`` a point is from dense (layer rates alike)."""
+        position = level + sublevel / SUBLEVELS
+        target = self.config.pruning.target_density
+        if target is not None:
+            return position * math.log(target) / math.log(1 - self.config.pruning.rate)
+        return position
+
+    def _masks_for(self, level: int, sublevel: int = 0) -> Masks:
+        """The point's masks: stored, or made now (and stored)."""
+        stored = mask_file(level_dir(self.out, level, sublevel))
         if stored.exists():
             return self._load(stored)
         model = self._init_model()
         plan = pruning_plan(model, self.config.pruning)
-        if self.config.pruning.mode == "one_shot":
-            weights = self._load(level_dir(self.out, 0) / "final.pt")
-            rate = self.config.pruning.rate
-            target = self.config.pruning.target_density
-            exponent = math.log(target) / math.log(1 - rate) if target else level
-            return prune(weights, dense_masks(model), plan, exponent)
-        previous = level_dir(self.out, level - 1)
-        return prune(self._load(previous / "final.pt"), self._load(previous / "mask.pt"), plan,
-                     level)
+        exponent = self._exponent(level, sublevel)
+        if level == 0 and sublevel == 0:
+            masks = dense_masks(model)
+        elif self.config.pruning.mode == "one_shot":
+            weights = self._load(final_file(level_dir(self.out, 0)))
+            masks = prune(weights, dense_masks(model), plan, exponent)
+        else:
+            parent = level_dir(self.out, level - 1 if sublevel == 0 else level)
+            masks = prune(self._load(final_file(parent)), self._load(mask_file(parent)), plan,
+                          exponent)
+        atomic_save(masks, stored)
+        return masks
 
     def _init_model(self) -> torch.nn.Module:
-        init_file = self.out / "init.pt"
-        if init_file.exists():
-            return self._model_from(self._load(init_file))
+        path = init_file(self.out)
+        if path.exists():
+            return self._model_from(self._load(path))
         model = self._fresh_model(self.config.seed)
-        atomic_save(model.state_dict(), init_file)
+        atomic_save(model.state_dict(), path)
         return model
 
-    def _ticket_start(self, level: int) -> dict:
-        """The weights a level's ticket trains from (before masking)."""
-        if level == 0:
+    def _ticket_start(self, level: int, sublevel: int = 0) -> dict:
+        """The weights a point's ticket trains from (before masking)."""
+        if level == 0 and sublevel == 0:
             return self._init_model().state_dict()
         if self.config.imp.retrain == "rewind":
-            return self._load(self.out / "rewind.pt")
-        source = 0 if self.config.pruning.mode == "one_shot" else level - 1
-        return self._load(level_dir(self.out, source) / "final.pt")
+            return self._load(rewind_file(self.out))
+        if self.config.pruning.mode == "one_shot":
+            source = 0
+        else:
+            source = level - 1 if sublevel == 0 else level
+        return self._load(final_file(level_dir(self.out, source)))
 
-    def _train_once(self, level: int, name: str, folder: Path, state: dict,
-                    masks: Masks) -> dict:
-        """Train one network of a level (ticket or control), or read its stored result."""
-        result_file = folder / ("ticket.json" if name == "ticket" else "metrics.json")
-        if result_file.exists() and (folder / "final.pt").exists():
-            return read_json(result_file)
+    # ---- training -----------------------------------------------------------------------------
+    def _train_control(self, level: int, sublevel: int, name: str, masks: Masks) -> dict:
+        seed = (derived_seed(self.config.seed, level, name) if sublevel == 0 else
+                derived_seed(self.config.seed, level, sublevel, name))
+        generator = torch.Generator().manual_seed(seed)
+        start = CONTROLS[name](self._ticket_start(level, sublevel), masks,
+                               lambda: self._fresh_model(seed).state_dict(), generator)
+        result = self._train_network(level, sublevel, name, start.state, start.masks)
+        point = {"level": level, **({"sublevel": sublevel} if sublevel else {}),
+                 "density": density(start.masks), "sparsity": 1 - density(start.masks)}
+        return {**point, **result}
+
+    def _train_network(self, level: int, sublevel: int, name: str, state: dict,
+                       masks: Masks) -> dict:
+        """Train one network of a point (ticket or control), or read its stored result."""
+        files = network_files(level_dir(self.out, level, sublevel), name)
+        if files.result.exists() and files.final.exists():
+            return read_json(files.result)
         model = self._model_from(state)
         apply_masks(model, masks)
-        suffix = "_ticket" if name == "ticket" else ""
-        checkpoint = folder / f"checkpoint{suffix}.pt"
-        outcome = self._train(level, name, model, masks, checkpoint)
-        atomic_save(model.state_dict(), folder / "final.pt")
-        atomic_write_json(outcome.history, folder / f"history{suffix}.json")
-        atomic_write_json(outcome.metrics(), result_file)
-        checkpoint.unlink(missing_ok=True)
+        outcome = self._train(level, sublevel, name, model, masks, files.checkpoint)
+        atomic_save(model.state_dict(), files.final)
+        atomic_write_json(outcome.history, files.history)
+        atomic_write_json(outcome.metrics(), files.result)
+        files.checkpoint.unlink(missing_ok=True)
         return outcome.metrics()
 
-    def _train(self, level: int, name: str, model: torch.nn.Module, masks: Masks,
+    def _train(self, level: int, sublevel: int, name: str, model: torch.nn.Module, masks: Masks,
                checkpoint: Path) -> TrainOutcome:
         train_config = self.config.train
         spe = steps_per_epoch(self.data, train_config)
         schedule = lr_schedule(train_config, spe)
         end = total_iterations(self.data, train_config)
         rewind_iter = min(Step.parse(self.config.imp.rewind).iterations(spe), end)
-        start = 0 if level == 0 else rewind_iter
+        pruned = level > 0 or sublevel > 0
+        start = rewind_iter if pruned else 0
         lr_at = schedule
-        if level > 0 and self.config.imp.retrain == "finetune":
+        if pruned and self.config.imp.retrain == "finetune":
             final_lr = schedule(end - 1)
             lr_at = lambda _it: final_lr  # noqa: E731
         snapshot = None
-        if level == 0 and not (self.out / "rewind.pt").exists():
-            snapshot = lambda m: atomic_save(m.state_dict(), self.out / "rewind.pt")  # noqa: E731
+        if not pruned and not rewind_file(self.out).exists():
+            snapshot = lambda m: atomic_save(m.state_dict(), rewind_file(self.out))  # noqa: E731
         on_eval = None
         if self.progress:
-            on_eval = lambda record: self.progress(level, name, record["iteration"], end,  # noqa
+            label = name if not sublevel else f"{name}@{level}.{sublevel:03d}"
+            on_eval = lambda record: self.progress(level, label, record["iteration"], end,  # noqa
                                                    record)
         return train(model, masks, self.data, train_config, seed=self.config.seed, start=start,
                      end=end, lr_at=lr_at, checkpoint=checkpoint, snapshot_at=rewind_iter,

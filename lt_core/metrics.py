@@ -1,9 +1,9 @@
-"""Summaries of an IMP experiment's levels: breakdown sparsity and trailing levels below tolerance.
+"""The names of what an IMP experiment measures, built in one place.
 
-A level is a flat dict with ``level``, ``density``, ``sparsity``, the accuracies of ``LEVEL_KEYS``
-and, for each control C trained at that level, ``C_<key>`` for the keys of ``CONTROL_KEYS``.
-Level 0 is the dense network; accuracies are fractions in [0, 1]; tolerances are in percentage
-points.
+Each network trained at a level (the ticket, or a control such as ``reinit``) measures
+``NETWORK_KEYS``. In a flat record (a Tune result, an MLflow run's metrics, a CSV row) the ticket's
+value is named by its key alone and a control's ``<control>_<key>``: ``metric_name`` builds these
+names and ``split_metric_name`` reads them back. Accuracies are fractions in [0, 1].
 
 Which accuracy a breakdown is measured by is a choice (``ACCURACY_METRICS``):
   test_acc        at the end of training (open_lth's convention)
@@ -14,63 +14,37 @@ Which accuracy a breakdown is measured by is a choice (``ACCURACY_METRICS``):
 
 from __future__ import annotations
 
-import math
-
-LEVEL_KEYS = ("density", "sparsity", "test_acc", "best_test_acc", "early_stop_acc", "test_loss",
-              "train_loss", "early_stop_iter")
-CONTROL_KEYS = ("test_acc", "best_test_acc", "early_stop_acc", "test_loss", "train_loss",
-                "early_stop_iter")
-CONTROL_NAMES = ("reinit", "random_prune", "shuffle")  # the keys of lt_core.controls.CONTROLS
+TICKET = "ticket"
+NETWORK_KEYS = ("test_acc", "best_test_acc", "early_stop_acc", "test_loss", "train_loss",
+                "early_stop_iter", "train_seconds")
 ACCURACY_METRICS = ("test_acc", "early_stop_acc", "best_test_acc")
-
-# Accuracies are ratios of counts: a level exactly at the threshold must not fail by rounding.
-_EPSILON = 1e-9
-
-
-def metric_key(metric: str = "test_acc", control: str | None = None) -> str:
-    """The level key of an accuracy metric for the ticket (control None) or a control."""
-    return f"{control}_{metric}" if control else metric
+# Keys of the level itself (every network of a level shares its density).
+POINT_KEYS = ("level", "sublevel", "density", "sparsity")
+# A network's breakdown in one experiment (lt_core.breakdown.Breakdown.values), named per network
+# like its measurements: "breakdown_sparsity_est", "reinit_breakdown_sparsity_est".
+BREAKDOWN_KEYS = ("breakdown_sparsity", "breakdown_sparsity_low", "breakdown_sparsity_high",
+                  "breakdown_sparsity_est", "breakdown_censored")
 
 
-def dense_accuracy(levels: list[dict], metric: str = "test_acc") -> float:
-    """Level 0's accuracy under ``metric``: the accuracy every tolerance is measured from."""
-    for level in levels:
-        if level["level"] == 0:
-            return float(level[metric])
-    raise ValueError("no level 0 (dense network) among the levels")
+def metric_name(key: str, network: str = TICKET) -> str:
+    """The flat name of a network's measurement: ``key`` for the ticket, ``<control>_<key>``."""
+    return key if network == TICKET else f"{network}_{key}"
 
 
-def _threshold(levels: list[dict], tolerance_pp: float, metric: str) -> float:
-    return dense_accuracy(levels, metric) - tolerance_pp / 100 - _EPSILON
+def networks() -> tuple[str, ...]:
+    """The ticket and every registered control."""
+    from lt_core.controls import CONTROLS  # the registry (imports torch): only once names are read
+
+    return (TICKET, *CONTROLS)
 
 
-def _within(value: float, threshold: float) -> bool:
-    return not math.isnan(value) and value >= threshold  # NaN (a diverged run) is below
-
-
-def breakdown_sparsity(levels: list[dict], tolerance_pp: float, metric: str = "test_acc",
-                       control: str | None = None) -> float:
-    """Highest sparsity whose accuracy under ``metric`` (of the ticket, or of ``control``), and
-    that of every denser pruned level, stays within ``tolerance_pp`` of the dense network's
-    accuracy under the same metric; 0.0 when the first pruned level is below."""
-    threshold = _threshold(levels, tolerance_pp, metric)
-    key = metric_key(metric, control)
-    pruned = [lv for lv in levels if lv["level"] >= 1 and lv.get(key) is not None]
-    sparsity = 0.0
-    for level in sorted(pruned, key=lambda lv: lv["sparsity"]):
-        if not _within(float(level[key]), threshold):
-            break
-        sparsity = float(level["sparsity"])
-    return sparsity
-
-
-def levels_below(levels: list[dict], tolerance_pp: float, metric: str = "test_acc") -> int:
-    """Number of consecutive most recent pruned levels whose ticket accuracy under ``metric`` is
-    below tolerance."""
-    threshold = _threshold(levels, tolerance_pp, metric)
-    count = 0
-    for level in sorted((lv for lv in levels if lv["level"] >= 1), key=lambda lv: -lv["level"]):
-        if _within(float(level[metric]), threshold):
-            break
-        count += 1
-    return count
+def split_metric_name(name: str, key_set: tuple[str, ...] = NETWORK_KEYS) -> tuple[str, str] | None:
+    """(network, key) of a flat name built by ``metric_name`` from a key of ``key_set``, or None
+    when it is not one (``dense_test_acc`` is not network "dense"'s ``test_acc``)."""
+    if name in key_set:
+        return TICKET, name
+    for key in sorted(key_set, key=len, reverse=True):
+        prefix = name[: -len(key) - 1]
+        if name.endswith(f"_{key}") and prefix in networks():
+            return prefix, key
+    return None

@@ -1,21 +1,88 @@
-"""Atomic file writes and the paths of the run directory (a public contract).
+"""The run directory (a public contract): every file name is spelled here and only here.
 
     OUT/config.yaml, OUT/init.pt, OUT/rewind.pt
-    OUT/level_NN/{mask.pt, final.pt, metrics.json}
+    OUT/level_NN/            a grid level: mask.pt, final.pt, ticket.json, history_ticket.json,
+                             metrics.json (written last: the level is finished),
+                             controls/NAME/{final.pt, metrics.json, history.json}
+    OUT/level_NN.SSS/        a refinement point SSS thousandths of a level past level NN, laid out
+                             like a level (only the networks refined there)
+
+Writes are atomic: a temporary name, then a rename.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lt_core.metrics import TICKET
 
-def level_dir(out: Path, level: int) -> Path:
-    return out / f"level_{level:02d}"
+_POINT_DIR = re.compile(r"^level_(\d{2,})(?:\.(\d{3}))?$")
+
+
+def config_file(out: Path) -> Path:
+    return out / "config.yaml"
+
+
+def init_file(out: Path) -> Path:
+    return out / "init.pt"
+
+
+def rewind_file(out: Path) -> Path:
+    return out / "rewind.pt"
+
+
+def level_dir(out: Path, level: int, sublevel: int = 0) -> Path:
+    return out / (f"level_{level:02d}" + (f".{sublevel:03d}" if sublevel else ""))
+
+
+def point_dirs(out: Path) -> list[tuple[int, int, Path]]:
+    """(level, sublevel, folder) of every level and refinement point folder, in level order."""
+    found = []
+    for child in out.iterdir() if out.is_dir() else ():
+        match = _POINT_DIR.match(child.name)
+        if match and child.is_dir():
+            found.append((int(match.group(1)), int(match.group(2) or 0), child))
+    return sorted(found)
+
+
+def mask_file(folder: Path) -> Path:
+    return folder / "mask.pt"
+
+
+def final_file(folder: Path) -> Path:
+    """The ticket's weights after training at a level (a control's: ``network_files``)."""
+    return network_files(folder, TICKET).final
+
+
+def metrics_file(folder: Path) -> Path:
+    """A level's summary of every network trained there; its presence marks the level finished."""
+    return folder / "metrics.json"
+
+
+@dataclass(frozen=True)
+class NetworkFiles:
+    """The files of one network (the ticket or a control) trained at one level."""
+
+    result: Path  # its metrics, written last
+    final: Path  # state_dict after training
+    history: Path  # every evaluation
+    checkpoint: Path  # mid-training state, removed when it finishes
+
+
+def network_files(folder: Path, network: str) -> NetworkFiles:
+    if network == TICKET:
+        return NetworkFiles(folder / "ticket.json", folder / "final.pt",
+                            folder / "history_ticket.json", folder / "checkpoint_ticket.pt")
+    own = folder / "controls" / network
+    return NetworkFiles(own / "metrics.json", own / "final.pt", own / "history.json",
+                        own / "checkpoint.pt")
 
 
 def _replace_from_temp(path: Path, write) -> None:

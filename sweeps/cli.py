@@ -1,5 +1,5 @@
 """``lt-sweep``: one IMP experiment (``imp``) or a Ray Tune sweep of them (``validate``, ``run``,
-``resume``, ``report``)."""
+``resume``, ``refine``, ``report``)."""
 
 from __future__ import annotations
 
@@ -58,6 +58,33 @@ def resume_command(args: argparse.Namespace) -> int:
     return 1 if results.errors else 0
 
 
+def refine_command(args: argparse.Namespace) -> int:
+    from sweeps.runner import (finished_trials, load_results, parse_refine_args, plan_refinement,
+                               refine_sweep)
+
+    results_dir = Path(args.results_dir).expanduser().resolve()
+    study = load_results(results_dir)
+    steps, networks = parse_refine_args(study, args.steps, args.networks)
+    trials = finished_trials(results_dir)
+    plan = plan_refinement(study, trials, steps, networks)
+    which = " or ".join(networks)
+    if not plan.brackets:
+        print(f"nothing to refine: no {which} of the {len(trials)} trials broke down within "
+              f"its levels (tolerance {study.breakdown.tolerance:g} pp, "
+              f"{study.breakdown.metric}); each breakdown is a lower bound (see lt-sweep report)")
+        return 0
+    if not plan.todo:
+        print(f"nothing to refine: all {plan.brackets} brackets of {which} already have their "
+              f"{steps} refinement points")
+        return 0
+    print(f"refining {len(plan.todo)} of {len(trials)} trials: {sum(plan.todo.values())} "
+          f"networks to train ({steps} points in each bracket of {which})")
+    results = refine_sweep(study, results_dir, {t: trials[t] for t in plan.todo}, steps,
+                           networks, args.address)
+    _print_breakdown(study)
+    return 1 if results.errors else 0
+
+
 def report_command(args: argparse.Namespace) -> int:
     from sweeps.report import report_command as write_report
 
@@ -85,6 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     resume.add_argument("results_dir", help="the sweep's results directory (STORAGE/NAME)")
     resume.add_argument("--address", help="join this Ray cluster")
     resume.set_defaults(handler=resume_command)
+
+    refine = subparsers.add_parser(
+        "refine", help="train points inside the breakdown brackets of a finished sweep")
+    refine.add_argument("results_dir", help="the sweep's results directory (STORAGE/NAME)")
+    refine.add_argument("--steps", default="3",
+                        help="refinement points per bracket, 1-99 (default 3: a quarter of it)")
+    refine.add_argument("--networks", default="ticket",
+                        help="comma-separated: ticket and/or the sweep's controls (default ticket)")
+    refine.add_argument("--address", help="join this Ray cluster")
+    refine.set_defaults(handler=refine_command)
 
     report = subparsers.add_parser("report", help="breakdown table from MLflow")
     report.add_argument("experiment", help="MLflow experiment name")

@@ -7,6 +7,7 @@ decreases to the right (100 -> 1).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -16,10 +17,37 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
 # (densities, mean accuracies, std of the accuracies or None)
 Series = tuple[Sequence[float], Sequence[float], Sequence[float] | None]
+_ARROW = 1.6  # a censored curve's arrow points this factor sparser than its last point
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Where one curve breaks down (fractions): the estimate on the threshold line (dense -
+    tolerance) with the bracket around it, or, when the curve never fell below (censored), its
+    last point drawn open with an arrow towards sparser."""
+
+    threshold: float  # accuracy of the threshold line
+    density_est: float
+    density_low: float  # the bracket's dense end: the last point within
+    density_high: float | None  # its sparse end: the first point below; None when censored
+    end_accuracy: float | None = None  # accuracy at density_low (where a censored arrow starts)
+    interval: tuple[float, float] | None = None  # confidence interval of the estimate (densities)
+
+    @property
+    def censored(self) -> bool:
+        return self.density_high is None
+
+    def densities(self) -> list[float]:
+        """The densities the axis must show for this mark (an interval wider than the data is
+        cut at the axis' edge rather than squeezing the curves)."""
+        if self.censored:
+            return [self.density_low, self.density_low / _ARROW]
+        return [self.density_low, self.density_high]
 
 _MAX_TICKS = 10
 # y-axis label per accuracy metric (lt_core.metrics.ACCURACY_METRICS)
@@ -44,10 +72,12 @@ def _ticks(percents: list[float]) -> list[float]:
     return kept
 
 
-def _density_axis(ax: Axes, densities: Sequence[float], metric: str = "test_acc") -> None:
-    """Log x axis of percent of weights remaining, from 100 down to the sparsest point."""
+def _density_axis(ax: Axes, densities: Sequence[float], metric: str = "test_acc",
+                  extent: Sequence[float] = ()) -> None:
+    """Log x axis of percent of weights remaining, from 100 down to the sparsest point; ticks at
+    the data's densities, ``extent`` only widens the range (marks drawn beyond the data)."""
     percents = [p for p in _percent(densities) if p > 0]
-    lowest = min([100.0] + percents)
+    lowest = min([100.0] + percents + [p for p in _percent(extent) if p > 0])
     ax.set_xscale("log")
     ax.set_xlim(100 * 1.08, lowest / 1.08)  # inverted: sparser to the right
     ax.xaxis.set_major_locator(FixedLocator(_ticks(percents)))
@@ -58,7 +88,7 @@ def _density_axis(ax: Axes, densities: Sequence[float], metric: str = "test_acc"
     ax.grid(True, which="major", alpha=0.3)
 
 
-def _draw(ax: Axes, series: Series, label: str, **style) -> None:
+def _draw(ax: Axes, series: Series, label: str, **style) -> Line2D:
     """One line with markers and, when a std is given, a shaded band of ± one std."""
     densities, means, stds = series
     x, y = _percent(densities), _percent(means)
@@ -67,6 +97,42 @@ def _draw(ax: Axes, series: Series, label: str, **style) -> None:
         spread = _percent(stds)
         ax.fill_between(x, [m - s for m, s in zip(y, spread)], [m + s for m, s in zip(y, spread)],
                         color=line.get_color(), alpha=0.2, linewidth=0)
+    return line
+
+
+def _mark(ax: Axes, mark: Mark, colour: str) -> None:
+    if mark.censored:
+        x, y = 100 * mark.density_low, 100 * (mark.end_accuracy or mark.threshold)
+        ax.plot([x], [y], marker="o", markersize=8, markerfacecolor="white",
+                markeredgecolor=colour, markeredgewidth=1.5, zorder=5)
+        ax.annotate("", xy=(x / _ARROW, y), xytext=(x, y), zorder=5,
+                    arrowprops={"arrowstyle": "->", "color": colour, "lw": 1.5})
+        return
+    y = 100 * mark.threshold
+    ax.plot([100 * mark.density_low, 100 * mark.density_high], [y, y], color=colour,
+            linewidth=6, alpha=0.35, solid_capstyle="butt", zorder=4)
+    x = 100 * mark.density_est
+    if mark.interval is not None:
+        sparse, dense = sorted(100 * d for d in mark.interval)
+        ax.errorbar([x], [y], xerr=[[max(x - sparse, 0)], [max(dense - x, 0)]], fmt="none",
+                    ecolor=colour, elinewidth=1, capsize=4, zorder=5)
+    ax.plot([x], [y], marker="D", markersize=6, color=colour, markeredgecolor="black",
+            markeredgewidth=0.6, zorder=6)
+
+
+def _mark_legend(ax: Axes, marks: list[Mark], **legend) -> None:
+    """The curves' legend plus one entry per kind of mark drawn."""
+    handles, labels = ax.get_legend_handles_labels()
+    if any(not m.censored for m in marks):
+        handles.append(Line2D([], [], color="grey", marker="D", markeredgecolor="black",
+                              linewidth=6, alpha=0.6))
+        labels.append("breakdown estimate (bar: bracket" +
+                      (", caps: 95% CI)" if any(m.interval for m in marks) else ")"))
+    if any(m.censored for m in marks):
+        handles.append(Line2D([], [], color="grey", marker="o", markerfacecolor="white",
+                              linestyle="none"))
+        labels.append("not reached (→: breakdown sparser than shown)")
+    ax.legend(handles, labels, **legend)
 
 
 def _save(fig, path: Path) -> Path:
@@ -79,40 +145,50 @@ def _save(fig, path: Path) -> Path:
 
 
 def accuracy_vs_density(series: dict[str, Series], dense_acc: float, tolerance_pp: float,
-                        title: str, path: Path, metric: str = "test_acc") -> Path:
-    """Ticket and controls of one experiment (or configuration), with the dense accuracy and the
-    tolerance band [dense - tolerance, dense]."""
+                        title: str, path: Path, metric: str = "test_acc",
+                        marks: dict[str, Mark] | None = None) -> Path:
+    """Ticket and controls of one experiment (or configuration), with the dense accuracy, the
+    tolerance band [dense - tolerance, dense] and each curve's breakdown mark."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     dense = 100 * dense_acc
     ax.axhspan(dense - tolerance_pp, dense, color="grey", alpha=0.15,
                label=f"tolerance ({tolerance_pp:g} pp)")
     ax.axhline(dense, color="black", linestyle=":", linewidth=1, label=f"dense ({dense:.2f}%)")
+    marks = marks or {}
     for label, one in series.items():
-        _draw(ax, one, label)
-    _density_axis(ax, [d for densities, _, _ in series.values() for d in densities], metric)
+        line = _draw(ax, one, label)
+        if label in marks:
+            _mark(ax, marks[label], line.get_color())
+    _density_axis(ax, [d for densities, _, _ in series.values() for d in densities], metric,
+                  [d for m in marks.values() for d in m.densities()])
     ax.set_title(title)
-    ax.legend(fontsize="small")
+    _mark_legend(ax, list(marks.values()), fontsize="small")
     return _save(fig, path)
 
 
 def sweep_overlay(configs: dict[str, tuple[Sequence[float], Sequence[float]]], path: Path,
                   title: str = "ticket accuracy by configuration",
-                  metric: str = "test_acc") -> Path:
-    """One ticket line (mean over seeds) per configuration of a sweep."""
+                  metric: str = "test_acc", marks: dict[str, Mark] | None = None) -> Path:
+    """One ticket line (mean over seeds) per configuration of a sweep, with its breakdown mark."""
     tickets = {label: {"ticket": (densities, means, None)}
                for label, (densities, means) in configs.items()}
-    return configurations_with_controls(tickets, path, title, metric=metric)
+    ticket_marks = {label: {"ticket": mark} for label, mark in (marks or {}).items()}
+    return configurations_with_controls(tickets, path, title, metric=metric, marks=ticket_marks)
 
 
 def configurations_with_controls(configs: dict[str, dict[str, Series]], path: Path,
                                  title: str, dense: dict[str, float] | None = None,
-                                 metric: str = "test_acc") -> Path:
-    """Per configuration one colour: the ticket solid (± std band), each control dashed, and the
-    configuration's dense accuracy (fraction) as a dotted line when given."""
+                                 metric: str = "test_acc",
+                                 marks: dict[str, dict[str, Mark]] | None = None) -> Path:
+    """Per configuration one colour: the ticket solid (± std band), each control dashed, the
+    configuration's dense accuracy (fraction) as a dotted line when given, and each curve's
+    breakdown mark (``marks[configuration][network]``)."""
     fig, ax = plt.subplots(figsize=(8, 5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     all_densities: list[float] = []
     dashes = ["--", "-.", ":"]
+    marks = marks or {}
+    drawn: list[Mark] = []
     for index, (label, series) in enumerate(configs.items()):
         colour = colours[index % len(colours)]
         if dense and label in dense:
@@ -124,8 +200,12 @@ def configurations_with_controls(configs: dict[str, dict[str, Series]], path: Pa
         for rank, name in enumerate(controls):
             _draw(ax, series[name], f"{label} [{name}]", color=colour,
                   linestyle=dashes[rank % len(dashes)], alpha=0.8)
+        for name, mark in marks.get(label, {}).items():
+            if name in series:
+                _mark(ax, mark, colour)
+                drawn.append(mark)
         all_densities.extend(d for one in series.values() for d in one[0])
-    _density_axis(ax, all_densities, metric)
+    _density_axis(ax, all_densities, metric, [d for m in drawn for d in m.densities()])
     ax.set_title(title)
-    ax.legend(fontsize="x-small")
+    _mark_legend(ax, drawn, fontsize="x-small")
     return _save(fig, path)

@@ -1,10 +1,13 @@
-"""The breakdown report of a sweep, read from MLflow alone: per configuration (runs sharing the
-``lt.config`` tag, one per seed), the dense accuracy and the breakdown sparsity of the ticket and
-of each control, recomputed from the per-level metric histories at any tolerance and under any
-of the accuracy metrics (final, at early stop, best; ``lt_core.metrics.ACCURACY_METRICS``).
+"""The breakdown report of a sweep, read from MLflow alone.
 
-FAILED and KILLED trial runs are left out (their levels stop early, which would bias the
-breakdown low) and counted; running runs count with the levels they have so far.
+A *configuration* is the set of runs sharing the ``lt.config`` tag, one per seed. For each
+configuration the report gives the dense accuracy and, for the ticket and each control, the
+breakdown: bracket, estimate, mean and 95% t-interval over seeds, and censoring (see
+``lt_core.breakdown``). Everything is recomputed from the per-level metric histories, refinement
+points included, at any tolerance and under any of the accuracy metrics.
+
+FAILED and KILLED trial runs are left out, because their levels stop early and would bias the
+breakdown low; they are counted. Runs still running count with the levels they have so far.
 """
 
 from __future__ import annotations
@@ -17,16 +20,13 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from lt_core.metrics import ACCURACY_METRICS, CONTROL_NAMES, breakdown_sparsity, metric_key
-from sweeps.plots import Series, configurations_with_controls, sweep_overlay
+from lt_core.breakdown import Breakdown, BreakdownRule, SeedAggregate, aggregate, locate
+from lt_core.levels import LevelRecord, networks_in
+from lt_core.metrics import ACCURACY_METRICS, TICKET, metric_name, split_metric_name
+from sweeps.layout import (CONFIG_TAG, METRIC_PARAM, REFINE_PREFIX, ROLE_TAG, SWEEP_TAG,
+                           TOLERANCE_PARAM, records_from_history)
+from sweeps.plots import Mark, Series, configurations_with_controls, sweep_overlay
 
-# The MLflow layout of a sweep, written by sweeps.tracking: tags on runs and the parent's param.
-SWEEP_TAG = "lt.sweep"  # the study name, on the parent and on every trial run
-ROLE_TAG = "lt.role"  # "parent" or "trial"
-CONFIG_TAG = "lt.config"  # the trial's swept values except the seed: seeds of one configuration
-TRIAL_TAG = "ray_trial_id"
-TOLERANCE_PARAM = "breakdown.tolerance"
-METRIC_PARAM = "breakdown.metric"
 DEFAULT_TOLERANCE_PP = 1.0
 DEFAULT_METRIC = "test_acc"
 LEFT_OUT_STATUSES = ("FAILED", "KILLED")
@@ -55,13 +55,14 @@ def search_all_runs(client: MlflowClient, experiment_id: str, tags: dict[str, st
             return runs
 
 
-def read_levels(client: MlflowClient, run_id: str, keys: list[str]) -> list[dict]:
-    """Per-level dicts ``{"level": step, key: value, ...}`` from the metric histories of a run."""
-    by_level: dict[int, dict] = {}
+def metric_entries(client: MlflowClient, run_id: str,
+                   keys: list[str]) -> list[tuple[str, int, float]]:
+    """(key, step, value) of every logged value of these metrics, oldest first."""
+    entries = []
     for key in keys:
-        for metric in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp):
-            by_level.setdefault(metric.step, {"level": metric.step})[key] = metric.value
-    return [by_level[level] for level in sorted(by_level)]
+        history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp)
+        entries.extend((key, m.step, m.value) for m in history)
+    return entries
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -69,20 +70,32 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def breakdown_mark(found: Breakdown | None) -> Mark | None:
+    """The plot mark of one experiment's breakdown."""
+    if found is None:
+        return None
+    return Mark(found.threshold, found.density_est, found.low.density,
+                None if found.high is None else found.high.density, found.low.accuracy)
+
+
 @dataclass
 class TrialLevels:
-    """One trial run: its configuration label and its levels (density, sparsity, accuracies)."""
+    """One trial run: its configuration label and its levels and refinement points."""
     run_id: str
     label: str
-    levels: list[dict]
+    records: list[LevelRecord]
+
+    @property
+    def levels(self) -> list[dict]:
+        """The grid levels as flat dicts (``level``, ``density``, ``test_acc``, ...)."""
+        return [r.flat() for r in self.records if not r.refined]
 
 
 @dataclass
 class Configuration:
-    """The seeds of one configuration and their summaries at one tolerance and metric."""
+    """The seeds of one configuration and their breakdowns under one rule."""
     label: str
-    tolerance_pp: float
-    metric: str
+    rule: BreakdownRule
     controls: list[str]
     trials: list[TrialLevels] = field(default_factory=list)
 
@@ -92,78 +105,170 @@ class Configuration:
 
     @property
     def dense_acc(self) -> tuple[float, float]:
-        return mean_std([t.levels[0][self.metric] for t in self.trials])
+        return mean_std([t.records[0].value(TICKET, self.rule.metric) for t in self.trials])
 
-    def breakdown(self, control: str | None = None) -> tuple[float, float]:
-        """Mean ± std over seeds of the ticket's (or one control's) breakdown sparsity."""
-        return mean_std([breakdown_sparsity(t.levels, self.tolerance_pp, self.metric, control)
-                         for t in self.trials])
+    def breakdowns(self, network: str = TICKET) -> list[Breakdown | None]:
+        return [locate(t.records, network, self.rule) for t in self.trials]
 
-    def curve(self, control: str | None = None) -> Series:
-        """Per level: mean density, mean and std of the ticket's (or a control's) accuracy."""
-        key = metric_key(self.metric, control)
-        levels = sorted({lv["level"] for t in self.trials for lv in t.levels if key in lv})
+    def summary(self, network: str = TICKET) -> SeedAggregate | None:
+        return aggregate(self.breakdowns(network))
+
+    def breakdown(self, network: str = TICKET) -> tuple[float, float]:
+        """Mean ± std over seeds of the bracket's low end (the report's original figure)."""
+        found = [b.sparsity_low for b in self.breakdowns(network) if b is not None]
+        return mean_std(found) if found else (0.0, 0.0)
+
+    def levels_measured(self, network: str) -> float:
+        """Pruned grid levels where the network was trained, mean over seeds."""
+        return statistics.fmean(
+            sum(1 for r in t.records if not r.refined and r.level >= 1 and network in r.networks)
+            for t in self.trials)
+
+    def curve(self, network: str = TICKET) -> Series:
+        """Per pruned grid level (and the dense level, for the ticket): mean density, mean and
+        std of the network's accuracy over the seeds that measured it there."""
+        by_level: dict[int, list[tuple[float, float]]] = {}
+        for trial in self.trials:
+            for record in trial.records:
+                value = record.value(network, self.rule.metric)
+                if not record.refined and value is not None:
+                    by_level.setdefault(record.level, []).append((record.density, value))
         densities, means, stds = [], [], []
-        for level in levels:
-            rows = [lv for t in self.trials for lv in t.levels
-                    if lv["level"] == level and key in lv]
-            densities.append(statistics.fmean(lv["density"] for lv in rows))
-            mean, std = mean_std([lv[key] for lv in rows])
+        for level in sorted(by_level):
+            rows = by_level[level]
+            densities.append(statistics.fmean(density for density, _ in rows))
+            mean, std = mean_std([value for _, value in rows])
             means.append(mean)
             stds.append(std)
         return densities, means, stds
 
+    def mark(self, network: str = TICKET) -> Mark | None:
+        """The plot mark of the seeds' breakdown: the mean estimate on the mean threshold line,
+        the mean bracket and the 95% interval; censored, the deepest mean point with an arrow."""
+        summary = self.summary(network)
+        if summary is None:
+            return None
+        densities, means, _ = self.curve(network)
+        threshold = self.rule.threshold(self.dense_acc[0])
+        interval = None if summary.ci is None else (1 - summary.ci[0], 1 - summary.ci[1])
+        if summary.lower_bound:
+            return Mark(threshold, 1 - summary.sparsity_est, densities[-1], None, means[-1])
+        return Mark(threshold, 1 - summary.sparsity_est, 1 - summary.sparsity_low,
+                    1 - summary.sparsity_high, None, interval)
+
+
+def _optional(value: float | None) -> float | str:
+    return "" if value is None else value
+
+
+def breakdown_cell(summary: SeedAggregate | None) -> str:
+    """``97.12 [96.50, 97.70]`` (estimate [95% interval]), ``> 98.81 (3/3 censored)``, or for
+    one seed ``97.12 (96.00-97.60)`` (estimate (bracket)); percent sparsity."""
+    if summary is None:
+        return "-"
+    if summary.lower_bound:
+        return f"> {100 * summary.sparsity_est:.2f} ({summary.censored}/{summary.n} censored)"
+    if summary.ci is not None:
+        return (f"{100 * summary.sparsity_est:.2f} [{100 * summary.ci[0]:.2f}, "
+                f"{100 * summary.ci[1]:.2f}]")
+    return (f"{100 * summary.sparsity_est:.2f} ({100 * summary.sparsity_low:.2f}-"
+            f"{100 * summary.sparsity_high:.2f})")
+
 
 @dataclass
 class Report:
-    """Breakdown sparsity per configuration of the trial runs of one experiment (or sweep)."""
+    """Breakdown per configuration of the trial runs of one experiment (or sweep)."""
     experiment: str
     tracking_uri: str
-    tolerance_pp: float
-    metric: str
+    rule: BreakdownRule
     controls: list[str]
     configurations: list[Configuration]
     left_out: int = 0  # FAILED or KILLED trial runs
 
+    @property
+    def tolerance_pp(self) -> float:
+        return self.rule.tolerance_pp
+
+    @property
+    def metric(self) -> str:
+        return self.rule.metric
+
+    @property
+    def networks(self) -> list[str]:
+        return [TICKET, *self.controls]
+
     def rows(self) -> list[dict[str, float | int | str]]:
-        """One flat record per configuration; accuracies and sparsities as fractions."""
+        """One flat record per configuration; accuracies and sparsities as fractions, empty
+        where a value does not exist (no upper bracket or interval when censored)."""
         records = []
         for config in self.configurations:
             record = {"configuration": config.label, "n": config.n,
                       "tolerance_pp": self.tolerance_pp, "metric": self.metric}
             record["dense_acc_mean"], record["dense_acc_std"] = config.dense_acc
-            for name in [None, *self.controls]:
-                prefix = f"{name}_" if name else ""
-                mean, std = config.breakdown(name)
-                record[f"{prefix}breakdown_sparsity_mean"] = mean
-                record[f"{prefix}breakdown_sparsity_std"] = std
+            for network in self.networks:
+                def name(key: str) -> str:
+                    return metric_name(key, network)
+                record[name("breakdown_sparsity_mean")], record[name("breakdown_sparsity_std")] \
+                    = config.breakdown(network)
+                summary = config.summary(network)
+                ci = summary.ci if summary is not None else None
+                record[name("breakdown_sparsity_low")] = _optional(
+                    summary and summary.sparsity_low)
+                record[name("breakdown_sparsity_high")] = _optional(
+                    summary and summary.sparsity_high)
+                record[name("breakdown_sparsity_est")] = _optional(
+                    summary and summary.sparsity_est)
+                record[name("breakdown_sparsity_ci_low")] = _optional(ci and ci[0])
+                record[name("breakdown_sparsity_ci_high")] = _optional(ci and ci[1])
+                record[name("censored")] = summary.censored if summary is not None else ""
+                if network != TICKET:
+                    record[name("levels_measured")] = config.levels_measured(network)
             records.append(record)
         return records
 
     def table(self) -> str:
-        """Aligned text table, accuracies and sparsities in percent (mean ± std over seeds)."""
+        """Aligned text table, accuracies and sparsities in percent."""
         header = ["configuration", "n", "dense acc %", "ticket breakdown %"]
         header += [f"{name} breakdown %" for name in self.controls]
         lines = [header]
-        for record in self.rows():
-            cells = [str(record["configuration"]), str(record["n"]),
-                     _pm(record["dense_acc_mean"], record["dense_acc_std"])]
-            for name in [None, *self.controls]:
-                prefix = f"{name}_" if name else ""
-                cells.append(_pm(record[f"{prefix}breakdown_sparsity_mean"],
-                                 record[f"{prefix}breakdown_sparsity_std"]))
+        for config in self.configurations:
+            cells = [config.label, str(config.n), "{:.2f} ± {:.2f}".format(
+                *(100 * v for v in config.dense_acc))]
+            cells += [breakdown_cell(config.summary(network)) for network in self.networks]
             lines.append(cells)
         widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-        text = [f"breakdown sparsity: highest sparsity with every level within "
-                f"{self.tolerance_pp:g} pp of the dense accuracy, accuracy = {self.metric} "
-                f"({self.experiment})"]
+        text = [f"breakdown sparsity (%) of {self.experiment}: where {self.metric} falls "
+                f"{self.tolerance_pp:g} pp below the dense network's"]
         for row in lines:
             cells = [row[0].ljust(widths[0])]
             cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]
             text.append("  ".join(cells))
+        text.append("estimate [95% CI]: crossing interpolated in log-density between the "
+                    "bracketing levels, geometric mean over seeds with its t-interval; "
+                    "> x: some seeds never fell below (censored), x is a lower bound")
+        partial = self._partial_controls()
+        if partial:
+            text.append(partial)
         if self.left_out:
             text.append(f"({self.left_out} failed or killed trial runs left out)")
         return "\n".join(text)
+
+    def _partial_controls(self) -> str:
+        """A note on controls measured at only some levels (control_levels: breakdown)."""
+        notes = []
+        for name in self.controls:
+            partial = []
+            for config in self.configurations:
+                levels = statistics.fmean(max(r.level for r in t.records if not r.refined)
+                                          for t in config.trials)
+                if config.levels_measured(name) < levels:
+                    partial.append((config.levels_measured(name), levels))
+            if partial:
+                notes.append(f"{name} at {statistics.fmean(m for m, _ in partial):.1f} of "
+                             f"{statistics.fmean(lv for _, lv in partial):.1f} levels per trial "
+                             f"in {len(partial)} of {len(self.configurations)} configurations")
+        return ("controls trained only where they locate their breakdown "
+                "(imp.control_levels: breakdown): " + "; ".join(notes)) if notes else ""
 
     def write_csv(self, path: Path) -> Path:
         """The table as CSV, fractions not percents."""
@@ -178,28 +283,28 @@ class Report:
         return path
 
     def plot(self, path: Path) -> Path:
-        """Accuracy vs density: per configuration the ticket mean ± std, controls dashed."""
-        configs = {}
+        """Accuracy vs density: per configuration the ticket mean ± std, controls dashed, each
+        with its breakdown mark (estimate, bracket, 95% CI; censored: open end and arrow)."""
+        configs, marks = {}, {}
         for config in self.configurations:
-            series = {"ticket": config.curve()}
+            series = {TICKET: config.curve()}
             for name in self.controls:
                 curve = config.curve(name)
                 if curve[0]:
                     series[name] = curve
             configs[config.label] = series
+            marks[config.label] = {name: mark for name in series
+                                   if (mark := config.mark(name)) is not None}
         dense = {config.label: config.dense_acc[0] for config in self.configurations}
         title = f"{self.experiment}: {self.metric} (mean ± std over seeds)"
-        return configurations_with_controls(configs, path, title, dense, self.metric)
+        return configurations_with_controls(configs, path, title, dense, self.metric, marks)
 
     def overlay(self, path: Path) -> Path:
-        """One ticket line (mean over seeds) per configuration."""
+        """One ticket line (mean over seeds) per configuration, with its breakdown mark."""
         configs = {c.label: c.curve()[:2] for c in self.configurations}
+        marks = {c.label: mark for c in self.configurations if (mark := c.mark()) is not None}
         return sweep_overlay(configs, path, f"{self.experiment}: ticket {self.metric}",
-                             self.metric)
-
-
-def _pm(mean: float, std: float) -> str:
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+                             self.metric, marks)
 
 
 def _logged_param(client: MlflowClient, experiment_id: str, sweep: str | None, param: str,
@@ -213,14 +318,18 @@ def _logged_param(client: MlflowClient, experiment_id: str, sweep: str | None, p
 
 
 def _trial_levels(client: MlflowClient, run: Run, label: str, metric: str) -> TrialLevels | None:
-    """The run's levels, or None when it has no finished dense level."""
-    wanted = {"density", "sparsity", *(metric_key(metric, name) for name in (None, *CONTROL_NAMES))}
-    keys = [k for k in run.data.metrics if k in wanted]
-    levels = [lv for lv in read_levels(client, run.info.run_id, keys)
-              if {"density", "sparsity", metric} <= lv.keys()]
-    if not levels or levels[0]["level"] != 0:
+    """The run's levels and refinement points, or None when it has no finished dense level."""
+    def wanted(key: str) -> bool:
+        name = key.removeprefix(REFINE_PREFIX)
+        split = split_metric_name(name)
+        return name in ("density", "sparsity") or (split is not None and split[1] == metric)
+
+    keys = [key for key in run.data.metrics if wanted(key)]
+    records = records_from_history(metric_entries(client, run.info.run_id, keys))
+    if not records or records[0].point_id != (0, 0) or \
+            records[0].value(TICKET, metric) is None:
         return None
-    return TrialLevels(run.info.run_id, label, levels)
+    return TrialLevels(run.info.run_id, label, records)
 
 
 def default_tracking_uri() -> str:
@@ -244,7 +353,7 @@ def build_report(tracking_uri: str | None, experiment_name: str,
     tracking_uri = tracking_uri or default_tracking_uri()
     if _missing_database(tracking_uri):
         raise ReportUnavailable(f"no MLflow experiment {experiment_name!r} in {tracking_uri} "
-                         f"(no such database file)")
+                                f"(no such database file)")
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None or experiment.lifecycle_stage != "active":
@@ -253,14 +362,15 @@ def build_report(tracking_uri: str | None, experiment_name: str,
     runs = search_all_runs(client, experiment.experiment_id, tags)
     if not runs:
         which = f" of sweep {sweep!r}" if sweep else ""
-        raise ReportUnavailable(f"MLflow experiment {experiment_name!r} in {tracking_uri} has no trial "
-                         f"runs{which} (tag {ROLE_TAG}=trial)")
+        raise ReportUnavailable(f"MLflow experiment {experiment_name!r} in {tracking_uri} has "
+                                f"no trial runs{which} (tag {ROLE_TAG}=trial)")
     if tolerance_pp is None:
         tolerance_pp = float(_logged_param(client, experiment.experiment_id, sweep,
                                            TOLERANCE_PARAM, str(DEFAULT_TOLERANCE_PP)))
     if metric is None:
         metric = _logged_param(client, experiment.experiment_id, sweep, METRIC_PARAM,
                                DEFAULT_METRIC)
+    rule = BreakdownRule(tolerance_pp, metric)
     several_sweeps = len({run.data.tags.get(SWEEP_TAG) for run in runs}) > 1
     usable = [run for run in runs if run.info.status not in LEFT_OUT_STATUSES]
     trials = []
@@ -273,16 +383,16 @@ def build_report(tracking_uri: str | None, experiment_name: str,
             trials.append(trial)
     if not trials:
         raise ReportUnavailable(f"no trial run in MLflow experiment {experiment_name!r} in "
-                         f"{tracking_uri} has finished its dense level (level 0) without failing")
-    controls = [name for name in CONTROL_NAMES
-                if any(metric_key(metric, name) in lv for t in trials for lv in t.levels)]
+                                f"{tracking_uri} has finished its dense level (level 0) without "
+                                f"failing")
+    controls = [name for name in networks_in([r for t in trials for r in t.records])
+                if name != TICKET]
     configurations: dict[str, Configuration] = {}
     for trial in trials:
-        configurations.setdefault(trial.label,
-                                  Configuration(trial.label, tolerance_pp, metric, controls))
+        configurations.setdefault(trial.label, Configuration(trial.label, rule, controls))
         configurations[trial.label].trials.append(trial)
     ordered = [configurations[label] for label in sorted(configurations)]
-    return Report(experiment_name, tracking_uri, tolerance_pp, metric, controls, ordered,
+    return Report(experiment_name, tracking_uri, rule, controls, ordered,
                   left_out=len(runs) - len(usable))
 
 

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from sweeps.study import Study, load_study
-from sweeps.trainable import imp_trial
+from lt_core.breakdown import grid_breakdown, refinement_plan
+from lt_core.config import ConfigError
+from lt_core.imp import run_records
+from sweeps.study import MAX_REFINE_STEPS, Study, check_networks, load_study
+from sweeps.trainable import REFINE_KEY, imp_trial, refine_trial, run_directory
 
 STUDY_FILE = "lt_study.yaml"  # the resolved study, kept with the results for `lt-sweep resume`
+REFINE_DIR = "refine"  # Tune's own state of the last `lt-sweep refine`, inside the results dir
 
 
 def experiment_dir(study: Study) -> Path:
@@ -50,29 +57,36 @@ def make_searcher(study: Study):
     return searcher
 
 
-def trainable_for(study: Study):
+def trainable_for(study: Study, function=imp_trial, **parameters):
     from ray import tune
 
     resources = {"cpu": study.resources.cpu, "gpu": study.resources.gpu}
-    return tune.with_resources(tune.with_parameters(imp_trial, study=study), resources)
+    return tune.with_resources(tune.with_parameters(function, study=study, **parameters),
+                               resources)
+
+
+def _run_config(study: Study, name: str, storage_path: Path):
+    from ray import tune
+
+    from sweeps.tracking import MlflowLevelLogger
+
+    return tune.RunConfig(
+        name=name,
+        storage_path=str(storage_path),
+        failure_config=tune.FailureConfig(max_failures=study.spec.run.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        callbacks=[MlflowLevelLogger(study, study.tracking_uri, study.experiment)],
+    )
 
 
 def build_tuner(study: Study):
     from ray import tune
 
-    from sweeps.tracking import MlflowLevelLogger
-
     tune_config = tune.TuneConfig(search_alg=make_searcher(study),
                                   num_samples=study.search.num_samples)
-    run_config = tune.RunConfig(
-        name=study.name,
-        storage_path=str(study.storage_path),
-        failure_config=tune.FailureConfig(max_failures=study.spec.run.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=[MlflowLevelLogger(study, study.tracking_uri, study.experiment)],
-    )
     return tune.Tuner(trainable_for(study), param_space=study.param_space(),
-                      tune_config=tune_config, run_config=run_config)
+                      tune_config=tune_config,
+                      run_config=_run_config(study, study.name, study.storage_path))
 
 
 def save_resolved_study(study: Study) -> Path:
@@ -95,18 +109,105 @@ def run_sweep(study: Study, address: str | None = None):
     return build_tuner(study).fit()
 
 
-def resume_sweep(results_dir: Path, address: str | None = None):
+def load_results(results_dir: Path) -> Study:
+    """The study of an lt-sweep results directory (``STORAGE/NAME``)."""
     from ray import tune
-
-    from lt_core.config import ConfigError
 
     study_file = results_dir / STUDY_FILE
     if not tune.Tuner.can_restore(str(results_dir)) or not study_file.exists():
         raise ConfigError(f"{results_dir}: not an lt-sweep results directory "
                           f"(no {STUDY_FILE} and Tune state)")
-    study = load_study(study_file)
+    return load_study(study_file)
+
+
+def resume_sweep(results_dir: Path, address: str | None = None):
+    from ray import tune
+
+    study = load_results(results_dir)
     start_ray(address)
     tuner = tune.Tuner.restore(str(results_dir), trainable=trainable_for(study),
                                resume_unfinished=True, resume_errored=True,
                                param_space=study.param_space())
     return study, tuner.fit()
+
+
+# ---- lt-sweep refine ---------------------------------------------------------------------------
+def finished_trials(results_dir: Path) -> dict[str, dict]:
+    """Ray trial id -> swept values of every trial of a finished sweep."""
+    from ray.tune import ExperimentAnalysis
+
+    from sweeps.tracking import swept_values
+
+    # Only the trials' states are read: its warnings about unfinished trials' missing results
+    # would bury the one-line answer.
+    analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = analysis_log.level
+    analysis_log.setLevel(logging.ERROR)
+    try:
+        trials = ExperimentAnalysis(str(results_dir)).trials
+    finally:
+        analysis_log.setLevel(level)
+    unfinished = [t for t in trials if t.status != "TERMINATED"]
+    if unfinished or not trials:
+        states = ", ".join(sorted({t.status for t in unfinished})) or "none"
+        raise ConfigError(f"{results_dir}: not a finished sweep ({len(unfinished)} of "
+                          f"{len(trials)} trials unfinished: {states}); finish it first with "
+                          f"`lt-sweep resume {results_dir}`")
+    return {t.trial_id: swept_values(t.config) for t in trials}
+
+
+def parse_refine_args(study: Study, steps: str, networks: str) -> tuple[int, list[str]]:
+    try:
+        count = int(steps)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_REFINE_STEPS or str(count) != steps.strip():
+        raise ConfigError(f"--steps: {steps!r} is not a whole number from 1 to "
+                          f"{MAX_REFINE_STEPS} (refinement points per bracket)")
+    names = [name.strip() for name in networks.split(",") if name.strip()]
+    check_networks(names, study.base_config().imp.controls, "--networks")
+    if not names:
+        raise ConfigError("--networks: name at least one network, e.g. ticket,reinit")
+    return count, names
+
+
+@dataclass
+class RefinePlan:
+    todo: dict[str, int]  # trial id -> networks x points still to train (trials with any)
+    brackets: int  # (trial, network) pairs that broke down between two levels
+
+
+def plan_refinement(study: Study, trials: dict[str, dict], steps: int,
+                    networks: list[str]) -> RefinePlan:
+    """What ``lt-sweep refine`` would train, from the trials' run directories."""
+    plan = RefinePlan({}, 0)
+    rule = study.breakdown.rule
+    for trial_id in trials:
+        records = run_records(run_directory(study, trial_id))
+        plan.brackets += sum(1 for network in networks
+                             if (found := grid_breakdown(records, network, rule)) is not None
+                             and not found.censored)
+        tasks = refinement_plan(records, networks, rule, steps)
+        if tasks:
+            plan.todo[trial_id] = sum(len(task.networks) for task in tasks)
+    return plan
+
+
+def refine_sweep(study: Study, results_dir: Path, trials: dict[str, dict], steps: int,
+                 networks: list[str], address: str | None = None):
+    """Train the refinement points of the given trials of a finished sweep as Tune trials (one
+    per sweep trial), logging them to the sweep's trial runs."""
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+
+    start_ray(address)
+    shutil.rmtree(results_dir / REFINE_DIR, ignore_errors=True)  # the previous refine's state
+    targets = [{"trial_id": trial_id, "swept": swept} for trial_id, swept in trials.items()]
+    tuner = tune.Tuner(
+        trainable_for(study, refine_trial, steps=steps, networks=networks,
+                      rule=study.breakdown.rule),
+        param_space={REFINE_KEY: tune.grid_search(targets)},
+        tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(
+            max_concurrent=study.search.max_concurrent or 0)),
+        run_config=_run_config(study, REFINE_DIR, results_dir))
+    return tuner.fit()

@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from lt_core.config import (ConfigError, ExperimentConfig, apply_overrides, config_from_dict,
                             format_validation_error, parse_override, read_yaml, set_dotted)
-from lt_core.metrics import ACCURACY_METRICS
+from lt_core.breakdown import BreakdownRule
+from lt_core.metrics import ACCURACY_METRICS, TICKET
 from lt_core.validate import check_experiment
 
 MAX_CHECKED_COMBINATIONS = 2000
@@ -87,7 +88,8 @@ class Search(_Strict):
     sampler: Literal["tpe", "gp", "nsga2"] = "tpe"  # optuna only
     num_samples: int = Field(1, ge=1)  # grid: repeats of the grid; random/optuna: trials
     # Maximised; a second objective (e.g. dense_test_acc) makes a two-objective search.
-    objective: list[Literal["breakdown_sparsity", "dense_test_acc", "test_acc"]] = [
+    objective: list[Literal["breakdown_sparsity", "breakdown_sparsity_est", "dense_test_acc",
+                            "test_acc"]] = [
         "breakdown_sparsity"]
     max_concurrent: int | None = Field(None, ge=1)
     seed: int | None = None  # the searcher's own seed
@@ -120,6 +122,9 @@ class Tracking(_Strict):
     experiment: str | None = None  # default: the study name
 
 
+MAX_REFINE_STEPS = 99
+
+
 class Breakdown(_Strict):
     tolerance: float = Field(1.0, ge=0)  # percentage points below dense accuracy
     # Which accuracy locates the breakdown (lt_core.metrics.ACCURACY_METRICS): final test
@@ -127,6 +132,13 @@ class Breakdown(_Strict):
     metric: Literal[ACCURACY_METRICS] = "test_acc"
     early_stop: bool = False  # end a trial once `patience` consecutive levels fall below
     patience: int = Field(2, ge=1)
+    # After a trial's levels: K refinement points inside each listed network's bracket (0: none).
+    refine: int = Field(0, ge=0, le=MAX_REFINE_STEPS)
+    refine_networks: list[str] = [TICKET]
+
+    @property
+    def rule(self) -> BreakdownRule:
+        return BreakdownRule(self.tolerance, self.metric)
 
 
 class RunSettings(_Strict):
@@ -250,6 +262,8 @@ def _check_experiments(study: Study) -> None:
         check_experiment(base, source)
     except ConfigError as err:
         raise ConfigError(str(err).replace(f"{source}: ", f"{source}: base.", 1)) from None
+    check_networks(study.breakdown.refine_networks, base.imp.controls,
+                   f"{source}: breakdown.refine_networks")
     keys = list(study.space)
     for key in keys:  # each key on its own first, so the error names the swept field
         for value in study.space[key].representatives():
@@ -258,6 +272,17 @@ def _check_experiments(study: Study) -> None:
     if math.prod(len(c) for c in choices) <= MAX_CHECKED_COMBINATIONS:
         for combo in itertools.product(*choices):
             _check_one(study, dict(zip(keys, combo)), "space")
+
+
+def check_networks(names: list[str], controls: list[str], source: str) -> None:
+    """Each name is the ticket or one of the experiment's controls, and listed once."""
+    known = [TICKET, *controls]
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"{source}: {name!r} is not one of {', '.join(known)} (the ticket "
+                              f"and the controls in imp.controls)")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{source}: a network is listed twice")
 
 
 def _check_one(study: Study, params: dict[str, Any], field: str) -> None:

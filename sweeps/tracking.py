@@ -21,17 +21,19 @@ from mlflow.entities import Metric, Param, Run
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 from ray.tune import Callback
 
-from lt_core.metrics import (CONTROL_KEYS, CONTROL_NAMES, LEVEL_KEYS, breakdown_sparsity,
-                             dense_accuracy, metric_key)
+from lt_core.breakdown import BreakdownRule, dense_accuracy, locate, trial_summary
+from lt_core.levels import LevelRecord, networks_in
+from lt_core.metrics import TICKET
+from sweeps.layout import (CONFIG_TAG, METRIC_PARAM, PARENT_RUN_TAG, ROLE_TAG, SWEEP_TAG,
+                           TOLERANCE_PARAM, TRIAL_TAG, point_entries, point_of,
+                           records_from_history)
 from sweeps.plots import accuracy_vs_density
-from sweeps.report import (CONFIG_TAG, METRIC_PARAM, ROLE_TAG, SWEEP_TAG, TOLERANCE_PARAM,
-                           TRIAL_TAG, Report, build_report, read_levels, search_all_runs)
+from sweeps.report import Report, breakdown_mark, build_report, metric_entries, search_all_runs
 
 logger = logging.getLogger(__name__)
 
-PARENT_RUN_TAG = "mlflow.parentRunId"
-# Every per-level metric a trial run gets, one step per level.
-LEVEL_METRICS = LEVEL_KEYS + tuple(f"{c}_{k}" for c in CONTROL_NAMES for k in CONTROL_KEYS)
+# A trial's logged per-level values: {(metric key, step): value}.
+Logged = dict[tuple[str, int], float]
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -139,72 +141,59 @@ def ensure_child_run(client: MlflowClient, experiment_id: str, parent_run_id: st
     return run.info.run_id
 
 
-def logged_levels(client: MlflowClient, run_id: str) -> dict[int, dict]:
-    """{level: metrics} already logged to a run, rebuilt from its metric histories."""
-    keys = [key for key in client.get_run(run_id).data.metrics if key in LEVEL_METRICS]
-    return {row["level"]: row for row in read_levels(client, run_id, keys)}
+def logged_points(client: MlflowClient, run_id: str) -> Logged:
+    """Every per-level value already logged to a run (levels and refinement points), read back
+    from its metric histories."""
+    keys = [key for key in client.get_run(run_id).data.metrics if point_of(key, 0) is not None]
+    return {(key, step): value for key, step, value in metric_entries(client, run_id, keys)}
 
 
-def level_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """The per-level metrics present in a Tune result (ticket and controls)."""
-    return {key: float(result[key]) for key in LEVEL_METRICS if result.get(key) is not None}
+def records_of(logged: Logged) -> list[LevelRecord]:
+    return records_from_history((key, step, value) for (key, step), value in logged.items())
 
 
-def log_level(client: MlflowClient, run_id: str, result: dict[str, Any],
-              logged: dict[int, dict]) -> bool:
-    """Log one level's metrics at step=level unless a level at least as high is already logged
-    (``logged``, updated in place); True when logged."""
-    level = int(result["level"])
-    if logged and level <= max(logged):
+def log_point(client: MlflowClient, run_id: str, result: dict[str, Any], logged: Logged) -> bool:
+    """Log the per-level values of one reported point (a level, a control added to one, or a
+    refinement point) that are not logged yet; ``logged`` is updated in place. True when
+    anything was logged."""
+    new = [(key, step, value) for key, step, value in point_entries(result)
+           if (key, step) not in logged]
+    if not new:
         return False
-    metrics = level_metrics(result)
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(key, value, now, level)
-                                      for key, value in metrics.items()])
-    logged[level] = {"level": level, **metrics}
+    client.log_batch(run_id, metrics=[Metric(key, value, now, step) for key, step, value in new])
+    logged.update({(key, step): value for key, step, value in new})
     return True
 
 
-def trial_summary(levels: list[dict], tolerance_pp: float,
-                  metric: str = "test_acc") -> dict[str, float]:
-    """Dense accuracy and breakdown sparsity (under ``metric``) of the ticket and of each control
-    present."""
-    summary = {"dense_test_acc": dense_accuracy(levels),
-               "breakdown_sparsity": breakdown_sparsity(levels, tolerance_pp, metric)}
-    for name in CONTROL_NAMES:
-        if any(metric_key(metric, name) in level for level in levels):
-            summary[f"{name}_breakdown_sparsity"] = breakdown_sparsity(levels, tolerance_pp,
-                                                                       metric, name)
-    return summary
+def plot_trial(records: list[LevelRecord], rule: BreakdownRule, title: str, path: Path) -> Path:
+    """Accuracy (under the rule's metric) vs density of the ticket and each control of one
+    trial, refinement points included, each curve with its breakdown mark."""
+    series, marks = {}, {}
+    for network in networks_in(records):
+        found = locate(records, network, rule)
+        points = [p for p in (found.points if found else ()) if p.position > 0 or
+                  network == TICKET]
+        if points:
+            series[network] = ([p.density for p in points], [p.accuracy for p in points], None)
+            marks[network] = breakdown_mark(found)
+    return accuracy_vs_density(series, dense_accuracy(records, rule.metric), rule.tolerance_pp,
+                               title, path, rule.metric, marks)
 
 
-def plot_trial(levels: list[dict], tolerance_pp: float, metric: str, title: str,
-               path: Path) -> Path:
-    """Accuracy (under ``metric``) vs density of the ticket and each control of one trial."""
-    series = {}
-    for name in (None, *CONTROL_NAMES):
-        key = metric_key(metric, name)
-        rows = [lv for lv in levels if key in lv]
-        if rows:
-            series[name or "ticket"] = ([lv["density"] for lv in rows], [lv[key] for lv in rows],
-                                        None)
-    return accuracy_vs_density(series, dense_accuracy(levels, metric), tolerance_pp, title, path,
-                               metric)
-
-
-def finish_trial(client: MlflowClient, run_id: str, levels: dict[int, dict], tolerance_pp: float,
-                 title: str, metric: str = "test_acc") -> None:
-    """Log the trial's summary metrics (each once) and its plot, then mark the run FINISHED."""
-    ordered = [levels[level] for level in sorted(levels)]
-    if ordered and ordered[0]["level"] == 0:
+def finish_trial(client: MlflowClient, run_id: str, logged: Logged, rule: BreakdownRule,
+                 title: str) -> None:
+    """Log the trial's breakdown summary (each value once: a refined trial logs the values that
+    changed) and its plot, then mark the run FINISHED."""
+    records = records_of(logged)
+    if records and records[0].point_id == (0, 0):
         existing = client.get_run(run_id).data.metrics
-        summary = {key: value for key, value in trial_summary(ordered, tolerance_pp, metric).items()
+        summary = {key: value for key, value in trial_summary(records, rule).items()
                    if existing.get(key) != value}
-        now, step = int(time.time() * 1000), ordered[-1]["level"]
+        now, step = int(time.time() * 1000), max(r.level for r in records)
         client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in summary.items()])
         with tempfile.TemporaryDirectory() as temp:
-            path = plot_trial(ordered, tolerance_pp, metric, title,
-                              Path(temp) / "accuracy_vs_density.png")
+            path = plot_trial(records, rule, title, Path(temp) / "accuracy_vs_density.png")
             client.log_artifact(run_id, str(path), "plots")
     client.set_terminated(run_id, "FINISHED")
 
@@ -226,28 +215,39 @@ def _study_trial_config(study, params: dict[str, Any]):
     return trial_config(study, params)
 
 
+def trial_identity(trial) -> tuple[str, dict[str, Any]]:
+    """The Ray trial id and swept values a Tune trial's results belong to: its own, or for a
+    refinement trial (``lt-sweep refine``) those of the sweep's trial it refines."""
+    target = trial.config.get("_refine")
+    if target:
+        return target["trial_id"], dict(target["swept"])
+    return trial.trial_id, swept_values(trial.config)
+
+
 class MlflowLevelLogger(Callback):
-    """Tune callback (driver only): a parent run per sweep, a child run per trial, one metric
-    step per IMP level, summaries at trial and sweep end."""
+    """Tune callback (driver only): a parent run per sweep, a child run per trial, every level
+    and refinement point logged once, summaries at trial and sweep end."""
 
     def __init__(self, study, tracking_uri: str, experiment_name: str, *,
-                 resolve_config: Callable[[Any, dict], Any] | None = None):
+                 resolve_config: Callable[[Any, dict], Any] | None = None,
+                 rule: BreakdownRule | None = None):
         self.study = study
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
         self.resolve_config = resolve_config or _study_trial_config
+        self.rule = rule or BreakdownRule(study.breakdown.tolerance, study.breakdown.metric)
         self._forget_connection()
 
     def _forget_connection(self) -> None:
         self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
         self._parent_run_id: str | None = None
-        self._run_ids: dict[str, str] = {}  # trial id -> MLflow run id
-        self._levels: dict[str, dict[int, dict]] = {}  # trial id -> {level: metrics}
+        self._run_ids: dict[str, str] = {}  # Ray trial id -> MLflow run id
+        self._logged: dict[str, Logged] = {}  # Ray trial id -> values logged
 
     # Tune pickles its RunConfig (with the callbacks): only the settings travel.
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("study", "tracking_uri", "experiment_name", "resolve_config")
+        keep = ("study", "tracking_uri", "experiment_name", "resolve_config", "rule")
         return {key: self.__dict__[key] for key in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -271,21 +271,20 @@ class MlflowLevelLogger(Callback):
 
     def trial_run_id(self, trial, reopen_run: bool = False) -> str:
         """The trial's run id, found or created on first use (or when reopening a started trial);
-        its logged levels are then read back from MLflow."""
-        if reopen_run or trial.trial_id not in self._run_ids:
-            swept = swept_values(trial.config)
+        what it has logged is then read back from MLflow."""
+        trial_id, swept = trial_identity(trial)
+        if reopen_run or trial_id not in self._run_ids:
             params = flatten(self.resolve_config(self.study, swept).model_dump(mode="json"))
             run_id = ensure_child_run(self.connect(), self._experiment_id, self.parent_run_id,
-                                      self.study.name, trial.trial_id, swept, params)
-            self._run_ids[trial.trial_id] = run_id
-            self._levels[trial.trial_id] = logged_levels(self.connect(), run_id)
-        return self._run_ids[trial.trial_id]
+                                      self.study.name, trial_id, swept, params)
+            self._run_ids[trial_id] = run_id
+            self._logged[trial_id] = logged_points(self.connect(), run_id)
+        return self._run_ids[trial_id]
 
-    def trial_levels(self, trial) -> list[dict]:
-        """The trial's levels logged so far, in level order."""
+    def trial_levels(self, trial) -> list[LevelRecord]:
+        """The trial's levels and refinement points logged so far, in level order."""
         self.trial_run_id(trial)
-        levels = self._levels[trial.trial_id]
-        return [levels[level] for level in sorted(levels)]
+        return records_of(self._logged[trial_identity(trial)[0]])
 
     def setup(self, **info) -> None:
         self.connect()
@@ -297,15 +296,14 @@ class MlflowLevelLogger(Callback):
         if "level" not in result:
             return
         run_id = self.trial_run_id(trial)
-        log_level(self.connect(), run_id, result, self._levels[trial.trial_id])
+        log_point(self.connect(), run_id, result, self._logged[trial_identity(trial)[0]])
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         run_id = self.trial_run_id(trial)
-        swept = swept_values(trial.config)
-        title = f"{self.study.name} {trial.trial_id}: " + ", ".join(
+        trial_id, swept = trial_identity(trial)
+        title = f"{self.study.name} {trial_id}: " + ", ".join(
             f"{key}={swept[key]}" for key in sorted(swept))
-        finish_trial(self.connect(), run_id, self._levels[trial.trial_id],
-                     self.study.breakdown.tolerance, title, self.study.breakdown.metric)
+        finish_trial(self.connect(), run_id, self._logged[trial_id], self.rule, title)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         run_id = self.trial_run_id(trial)
@@ -315,8 +313,8 @@ class MlflowLevelLogger(Callback):
         client = self.connect()
         try:
             report = build_report(self.tracking_uri, self.experiment_name,
-                                  self.study.breakdown.tolerance, sweep=self.study.name,
-                                  metric=self.study.breakdown.metric)
+                                  self.rule.tolerance_pp, sweep=self.study.name,
+                                  metric=self.rule.metric)
         except ValueError as error:  # no trial finished its dense level: nothing to summarise
             logger.warning("no sweep summary: %s", error)
         else:

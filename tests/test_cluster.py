@@ -36,7 +36,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from sweeps.report import CONFIG_TAG, ROLE_TAG
+from sweeps.layout import CONFIG_TAG, ROLE_TAG
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = REPO / "ray_cluster.yaml"

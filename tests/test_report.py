@@ -4,6 +4,7 @@ two configurations x two seeds, four levels each, with a reinit control."""
 from __future__ import annotations
 
 import csv
+import math
 
 import pytest
 from mlflow import MlflowClient
@@ -75,16 +76,45 @@ def test_breakdown_per_configuration(store):
     assert low.curve("reinit")[0] == pytest.approx([0.8, 0.64, 0.512])
 
 
-def test_table_shows_percent_mean_and_std(store):
+# By hand, tolerance 1 pp (see ACCURACIES):
+# rate 0.2 ticket: seed 0 breaks between levels 2 and 3, crossing at density 0.64 * 0.8^(1/3) =
+#   0.594123; seed 1 stays within to level 3 (censored at density 0.512). A lower bound:
+#   1 - sqrt(0.594123 * 0.512) = 44.85%.
+# rate 0.2 reinit: seed 0 crosses at 0.8^1.2 = 0.765082, seed 1 (at first level) at 0.8^0.5 =
+#   0.894427: mean 1 - sqrt(0.684310) = 17.28%; logs differ by 0.156200, sd 0.110450, half width
+#   12.706205 * 0.110450 / sqrt(2) = 0.992350: density 0.827230 * e^(-/+0.99235) = [0.3067, 1].
+# rate 0.4 ticket: seed 0 at 0.6 exactly (level 1 sits on the threshold), seed 1 censored at
+#   0.216: a lower bound of 1 - sqrt(0.6 * 0.216) = 64.00%.
+# rate 0.4 reinit: seed 0 at 0.6^0.5 = 0.774597, seed 1 at 0.6^1.027778 = 0.591549: 32.31%,
+#   interval [0.00, 87.79].
+def test_table_shows_estimates_intervals_and_lower_bounds(store):
     table = build_report(store, EXPERIMENT, tolerance_pp=1.0).table()
     lines = table.splitlines()
-    assert "within 1 pp" in lines[0]
+    assert "where test_acc falls 1 pp below" in lines[0]
     assert lines[1].split() == ["configuration", "n", "dense", "acc", "%", "ticket", "breakdown",
                                 "%", "reinit", "breakdown", "%"]
-    assert lines[2].split() == ["pruning.rate=0.2", "2", "97.50", "±", "0.71", "42.40", "±",
-                                "9.05", "10.00", "±", "14.14"]
+    assert lines[2].split() == ["pruning.rate=0.2", "2", "97.50", "±", "0.71", ">", "44.85",
+                                "(1/2", "censored)", "17.28", "[0.00,", "69.33]"]
+    assert lines[3].split() == ["pruning.rate=0.4", "2", "98.00", "±", "0.00", ">", "64.00",
+                                "(1/2", "censored)", "32.31", "[0.00,", "87.79]"]
     assert len({len(line) for line in lines[1:4]}) == 1  # aligned columns
-    assert lines[4] == "(1 failed or killed trial runs left out)"
+    assert "> x: some seeds never fell below (censored)" in table
+    assert lines[-1] == "(1 failed or killed trial runs left out)"
+
+
+def test_configuration_summaries(store):
+    low, high = build_report(store, EXPERIMENT, tolerance_pp=1.0).configurations
+    ticket = low.summary()
+    assert (ticket.n, ticket.censored, ticket.lower_bound, ticket.ci) == (2, 1, True, None)
+    assert ticket.sparsity_est == pytest.approx(0.448465, abs=1e-6)
+    assert ticket.sparsity_high is None
+    reinit = low.summary("reinit")
+    assert reinit.sparsity_est == pytest.approx(1 - 0.827230, abs=1e-6)
+    assert reinit.ci == pytest.approx((0.0, 1 - 0.306657), abs=1e-5)
+    # Bracket ends: geometric means of (0.8, 1.0) and (0.64, 0.8) remaining.
+    assert reinit.sparsity_low == pytest.approx(1 - math.sqrt(0.8), abs=1e-9)
+    assert reinit.sparsity_high == pytest.approx(1 - math.sqrt(0.64 * 0.8), abs=1e-9)
+    assert high.summary("reinit").sparsity_est == pytest.approx(1 - 0.676914, abs=1e-5)
 
 
 def test_tolerance_defaults_to_the_logged_parent_param(store):
@@ -101,6 +131,16 @@ def test_csv_and_plot(store, tmp_path):
     assert float(rows[0]["breakdown_sparsity_mean"]) == pytest.approx(0.424)
     assert float(rows[1]["reinit_breakdown_sparsity_std"]) == pytest.approx(0.28284271)
     assert float(rows[0]["tolerance_pp"]) == 1.0 and rows[0]["n"] == "2"
+    # New columns, ticket unprefixed and each control prefixed; empty where a value cannot exist.
+    first = rows[0]
+    assert first["censored"] == "1" and first["reinit_censored"] == "0"
+    assert float(first["breakdown_sparsity_est"]) == pytest.approx(0.448465, abs=1e-6)
+    assert first["breakdown_sparsity_high"] == "" and first["breakdown_sparsity_ci_low"] == ""
+    assert float(first["breakdown_sparsity_low"]) == pytest.approx(1 - math.sqrt(0.64 * 0.512))
+    assert float(first["reinit_breakdown_sparsity_ci_high"]) == pytest.approx(0.693343, abs=1e-5)
+    assert float(first["reinit_breakdown_sparsity_low"]) < \
+        float(first["reinit_breakdown_sparsity_est"]) < float(first["reinit_breakdown_sparsity_high"])
+    assert float(first["reinit_levels_measured"]) == 3.0
     png = report.plot(tmp_path / "breakdown.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report.overlay(tmp_path / "overlay.png").stat().st_size > 0
@@ -144,6 +184,6 @@ def test_metric_chooses_the_accuracy(store, tmp_path, capsys):
     assert build_report(store, EXPERIMENT).configurations[0].breakdown("reinit") == \
         pytest.approx((0.2, 0.0))
     assert report_command(EXPERIMENT, store, None, tmp_path, "early_stop_acc") == 0
-    assert "accuracy = early_stop_acc" in capsys.readouterr().out
+    assert "where early_stop_acc falls 2 pp below" in capsys.readouterr().out
     with pytest.raises(ValueError, match="metric 'val_acc': not one of"):
         build_report(store, EXPERIMENT, metric="val_acc")

@@ -40,6 +40,14 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path: Path, npz_path: 
     complete = [steps for steps in logged_before.values() if steps == list(range(LEVELS + 1))]
     assert len(complete) < 4, "nothing was left to resume: the interruption came too late"
 
+    # An interrupted sweep cannot be refined yet: one line, exit 2, nothing written.
+    files = sorted(results.rglob("*"))
+    refused = run_cli(["refine", str(results)], cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "not a finished sweep" in refused.stderr and "lt-sweep resume" in refused.stderr
+    assert refused.stderr.count("\n") == 1, refused.stderr
+    assert sorted(results.rglob("*")) == files
+
     done = run_cli(["resume", str(results)], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
 

@@ -15,7 +15,8 @@ from ray.tune.experiment import Trial
 from lt_core.config import config_from_dict
 from sweeps.study import Breakdown
 from sweeps.tracking import (MlflowLevelLogger, config_label, ensure_child_run, ensure_parent_run,
-                             experiment_id_for, flatten, log_level, logged_levels, param_text)
+                             experiment_id_for, flatten, log_point, logged_points, param_text,
+                             records_of)
 
 DENSE_ACC = 0.98
 
@@ -132,21 +133,35 @@ def test_child_run_is_reused_by_trial_id_and_sweep(experiment):
     assert tags["lt.config"] == "pruning.rate=0.2" and tags["mlflow.runName"] == "t1"
 
 
-def test_a_level_is_logged_once(experiment):
+def test_each_value_of_each_point_is_logged_once(experiment):
     client, experiment_id = experiment
     run_id = client.create_run(experiment_id).info.run_id
     logged: dict = {}
-    assert log_level(client, run_id, RESULTS[0], logged)
-    assert log_level(client, run_id, RESULTS[1], logged)
-    assert not log_level(client, run_id, RESULTS[1], logged)
-    assert not log_level(client, run_id, RESULTS[0], logged)
+    assert log_point(client, run_id, RESULTS[0], logged)
+    assert log_point(client, run_id, RESULTS[1], logged)
+    assert not log_point(client, run_id, RESULTS[1], logged)
+    assert not log_point(client, run_id, RESULTS[0], logged)
+    # A control measured later at level 1 (control_levels: breakdown) adds only its values.
+    later = {**RESULTS[1], "random_prune_test_acc": 0.9}
+    assert log_point(client, run_id, later, logged)
+    # A refinement point: its values under refine/ at step 1000 * level + sublevel.
+    refined = {"level": 1, "sublevel": 250, "density": 0.8**1.25, "sparsity": 1 - 0.8**1.25,
+               "test_acc": 0.977, "dense_test_acc": DENSE_ACC}
+    assert log_point(client, run_id, refined, logged)
+    assert not log_point(client, run_id, refined, logged)
     assert steps(client, run_id, "test_acc") == [0, 1]
     assert steps(client, run_id, "reinit_test_acc") == [1]
-    assert "run_dir" not in client.get_run(run_id).data.metrics
-    rebuilt = logged_levels(client, run_id)
-    assert rebuilt[1]["reinit_test_acc"] == pytest.approx(0.975)
-    assert rebuilt.keys() == logged.keys()
-    assert all(rebuilt[level] == pytest.approx(logged[level]) for level in logged)
+    assert steps(client, run_id, "random_prune_test_acc") == [1]
+    assert steps(client, run_id, "refine/test_acc") == [1250]
+    assert steps(client, run_id, "refine/density") == [1250]
+    metrics = client.get_run(run_id).data.metrics
+    assert "run_dir" not in metrics and "dense_test_acc" not in metrics
+    rebuilt = logged_points(client, run_id)
+    assert rebuilt == pytest.approx(logged)
+    records = records_of(rebuilt)
+    assert [(r.level, r.sublevel) for r in records] == [(0, 0), (1, 0), (1, 250)]
+    assert records[1].value("reinit", "test_acc") == pytest.approx(0.975)
+    assert records[2].value("ticket", "test_acc") == pytest.approx(0.977)
 
 
 def test_logger_logs_levels_and_summaries(store, tmp_path, request):
@@ -168,8 +183,15 @@ def test_logger_logs_levels_and_summaries(store, tmp_path, request):
     assert run.data.params["model.name"] == "lenet_300_100"
     assert "_study" not in run.data.params
     assert steps(client, run.info.run_id, "test_acc") == [0, 1, 2, 3]
+    # Ticket: level 2 (0.975) within 1 pp of 0.98, level 3 (0.96) below: bracket (36%, 48.8%),
+    # the 0.97 crossing a third of the way in log-density: 1 - 0.64 * 0.8^(1/3) = 40.59%.
     assert run.data.metrics["breakdown_sparsity"] == pytest.approx(1 - 0.8**2)
+    assert run.data.metrics["breakdown_sparsity_low"] == pytest.approx(1 - 0.8**2)
+    assert run.data.metrics["breakdown_sparsity_high"] == pytest.approx(1 - 0.8**3)
+    assert run.data.metrics["breakdown_sparsity_est"] == pytest.approx(1 - 0.594123, abs=1e-6)
+    assert run.data.metrics["breakdown_censored"] == 0.0
     assert run.data.metrics["reinit_breakdown_sparsity"] == pytest.approx(0.2)
+    assert run.data.metrics["reinit_breakdown_sparsity_high"] == pytest.approx(0.36)
     assert run.data.metrics["dense_test_acc"] == pytest.approx(DENSE_ACC)
     assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == \
         ["plots/accuracy_vs_density.png"]
@@ -221,7 +243,7 @@ def test_restarted_driver_reuses_runs_and_skips_logged_levels(store, tmp_path, r
     for key in ("test_acc", "density", "reinit_test_acc"):
         history = steps(client, run_id, key)
         assert history == sorted(set(history)) and history[-1] == 3
-    assert [lv["level"] for lv in second.trial_levels(restored)] == [0, 1, 2, 3]
+    assert [record.level for record in second.trial_levels(restored)] == [0, 1, 2, 3]
     assert client.get_run(run_id).data.metrics["breakdown_sparsity"] == pytest.approx(1 - 0.8**2)
 
 
@@ -250,4 +272,4 @@ def test_breakdown_metric_is_the_studys(store, tmp_path, request):
     assert parent.data.params["breakdown.metric"] == "early_stop_acc"
     text = Path(client.download_artifacts(parent.info.run_id, "breakdown.txt",
                                           str(tmp_path))).read_text()
-    assert "accuracy = early_stop_acc" in text
+    assert "where early_stop_acc falls 1 pp below" in text
