@@ -24,8 +24,8 @@ walk starts from the same dense network.
 **Over the seeds of a configuration** (``aggregate``). Report the estimates' mean and a 95%
 Student-t interval. Both are computed on log-density and reported as sparsities: levels are
 spaced geometrically, and seeds' breakdowns spread by factors, not by differences. With any
-censored seed the mean is a lower bound (censored seeds count at their deepest point) and no
-interval is given.
+censored seed there is no mean, only a lower bound and no interval. The bound is the mean of
+every seed's bracket low end: a censored seed's deepest point, a broken seed's last level within.
 
 Controls trained only where they inform (``next_level_to_measure``): bisection over the grid
 levels, then both neighbours of the bracket. Refinement (``refinement_plan``): K points inside a
@@ -145,12 +145,14 @@ class Breakdown:
 
 
 def locate(records: Iterable[LevelRecord], network: str, rule: BreakdownRule) -> Breakdown | None:
-    """The network's bracket, estimate and status; None when it has no pruned point yet."""
+    """The network's bracket, estimate and status; None when it has no pruned point yet, or when
+    the dense network has no finite accuracy to measure from."""
     records = list(records)
-    threshold = rule.threshold(dense_accuracy(records, rule.metric))
+    dense = dense_accuracy(records, rule.metric)
     points = curve(records, network, rule.metric)
-    if len(points) < 2:
+    if len(points) < 2 or not math.isfinite(dense):
         return None
+    threshold = rule.threshold(dense)
     low = points[0]
     for point in points[1:]:
         if not rule.within(point.accuracy, threshold):
@@ -163,11 +165,14 @@ def locate(records: Iterable[LevelRecord], network: str, rule: BreakdownRule) ->
 
 def crossing_density(low: Point, high: Point, threshold: float) -> float:
     """Where the straight line between two points in (log-density, accuracy) crosses the
-    threshold; the geometric middle of the two when high's accuracy is not finite."""
+    threshold; the geometric middle of the two when high's accuracy is not finite. A point with
+    no weights left (density 0) has no log: the line is then taken in density itself."""
+    finite = math.isfinite(high.accuracy) and low.accuracy > high.accuracy
+    fraction = (min(max((low.accuracy - threshold) / (low.accuracy - high.accuracy), 0.0), 1.0)
+                if finite else 0.5)
+    if high.density <= 0:
+        return low.density * (1 - fraction)
     log_low, log_high = math.log(low.density), math.log(high.density)
-    if not math.isfinite(high.accuracy) or low.accuracy <= high.accuracy:
-        return math.exp((log_low + log_high) / 2)
-    fraction = min(max((low.accuracy - threshold) / (low.accuracy - high.accuracy), 0.0), 1.0)
     return math.exp(log_low + fraction * (log_high - log_low))
 
 
@@ -206,7 +211,7 @@ class SeedAggregate:
     censored: int  # seeds that never fell below
     sparsity_low: float  # geometric mean of the seeds' bracket ends, as sparsity
     sparsity_high: float | None  # None when any seed is censored
-    sparsity_est: float  # mean estimate; a lower bound when censored > 0
+    sparsity_est: float  # mean estimate; with censored seeds the lower bound (= sparsity_low)
     ci: tuple[float, float] | None  # t-interval of the mean (sparsity); None if censored or n < 2
     confidence: float = 0.95
 
@@ -216,26 +221,37 @@ class SeedAggregate:
 
 
 def _geometric_mean(values: list[float]) -> float:
+    if min(values) <= 0:
+        return 0.0
     return math.exp(statistics.fmean(math.log(v) for v in values))
 
 
 def aggregate(breakdowns: Iterable[Breakdown | None], confidence: float = 0.95) -> SeedAggregate | None:
-    """Mean (on log-density) of the seeds' estimates with its Student-t confidence interval."""
+    """Mean (on log-density) of the seeds' estimates with its Student-t confidence interval.
+
+    With any censored seed there is no mean, only a lower bound: every seed's breakdown is at
+    least its bracket's low end (a censored seed's deepest point, a broken seed's last level
+    within), so the mean breakdown is at least theirs. An estimate can overshoot; a low end
+    cannot."""
     found = [b for b in breakdowns if b is not None]
     if not found:
         return None
     censored = sum(b.censored for b in found)
-    logs = [math.log(b.density_est) for b in found]
-    mean = statistics.fmean(logs)
+    low = 1.0 - _geometric_mean([b.low.density for b in found])
+    if censored:
+        return SeedAggregate(found[0].network, len(found), censored, low, None, low, None,
+                             confidence)
+    estimate = 1.0 - _geometric_mean([b.density_est for b in found])
     ci = None
-    if not censored and len(found) >= 2:
+    if len(found) >= 2 and min(b.density_est for b in found) > 0:
+        logs = [math.log(b.density_est) for b in found]
+        mean = statistics.fmean(logs)
         half = (student_t_quantile((1 + confidence) / 2, len(found) - 1)
                 * statistics.stdev(logs) / math.sqrt(len(found)))
         ci = (1.0 - min(1.0, math.exp(mean + half)), 1.0 - math.exp(mean - half))
-    high = None if censored else 1.0 - _geometric_mean([b.high.density for b in found])
-    return SeedAggregate(found[0].network, len(found), censored,
-                         1.0 - _geometric_mean([b.low.density for b in found]), high,
-                         1.0 - math.exp(mean), ci, confidence)
+    high = 1.0 - _geometric_mean([b.high.density for b in found])
+    return SeedAggregate(found[0].network, len(found), censored, low, high, estimate, ci,
+                         confidence)
 
 
 def student_t_quantile(p: float, df: float) -> float:
@@ -314,6 +330,27 @@ def next_level_to_measure(known: Mapping[int, bool], deepest: int) -> int | None
         if 1 <= neighbour <= deepest and neighbour not in known:
             return neighbour
     return None
+
+
+def _open_bracket(known: Mapping[int, bool], deepest: int) -> int:
+    """The first level known below (or one past the deepest): the bisection's upper end, which
+    only ever moves denser."""
+    return min((level for level, within in known.items() if not within), default=deepest + 1)
+
+
+def levels_still_asked(known: Mapping[int, bool], deepest: int) -> set[int]:
+    """Every grid level that ``next_level_to_measure`` may still ask for, whatever the answers:
+    the unmeasured levels up to one past its current upper end."""
+    reach = min(_open_bracket(known, deepest) + 1, deepest)
+    return {level for level in range(1, reach + 1) if level not in known}
+
+
+def bracket_candidates(known: Mapping[int, bool], deepest: int) -> set[int]:
+    """While a bisection is open, every grid level that may still end up as the dense end of
+    its bracket (0: the dense network); none once it is done (the bracket is then known)."""
+    if next_level_to_measure(known, deepest) is None:
+        return set()
+    return set(range(0, min(_open_bracket(known, deepest), deepest + 1)))
 
 
 # ---- refinement near the break ---------------------------------------------------------------

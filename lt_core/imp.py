@@ -27,7 +27,8 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from lt_core.breakdown import BreakdownRule, dense_accuracy, next_level_to_measure, refinement_plan
+from lt_core.breakdown import (BreakdownRule, bracket_candidates, dense_accuracy, levels_still_asked,
+                               next_level_to_measure, refinement_plan)
 from lt_core.config import ExperimentConfig, config_from_dict
 from lt_core.controls import CONTROLS
 from lt_core.data import TensorData, load_dataset
@@ -214,6 +215,68 @@ class ImpRun:
             return position * math.log(target) / math.log(1 - self.config.pruning.rate)
         return position
 
+    def _source_level(self, level: int, sublevel: int) -> int:
+        """The grid level a pruned point is pruned from (and, without rewinding, starts from)."""
+        if self.config.pruning.mode == "one_shot":
+            return 0
+        return level - 1 if sublevel == 0 else level
+
+    def _pruning_files(self, level: int, sublevel: int) -> list[Path]:
+        """What a pruned point's masks are made from: its source level's weights and masks (a
+        one-shot point prunes level 0's weights from dense)."""
+        source = level_dir(self.out, self._source_level(level, sublevel))
+        if self.config.pruning.mode == "one_shot":
+            return [final_file(source)]
+        return [final_file(source), mask_file(source)]
+
+    def _start_file(self, level: int, sublevel: int = 0) -> Path:
+        """What a point's ticket starts from: init.pt (dense), rewind.pt (weight rewinding) or its
+        source level's final weights (lr_rewind, finetune)."""
+        if level == 0 and sublevel == 0:
+            return init_file(self.out)
+        if self.config.imp.retrain == "rewind":
+            return rewind_file(self.out)
+        return final_file(level_dir(self.out, self._source_level(level, sublevel)))
+
+    def inputs(self, level: int, sublevel: int = 0) -> list[Path]:
+        """Every run-directory file that training at a point reads (besides config.yaml): its
+        stored masks, or what they are pruned from; and what its ticket starts from. The controls
+        read nothing more. A restart elsewhere needs these to continue."""
+        own = mask_file(level_dir(self.out, level, sublevel))
+        if level == 0 and sublevel == 0:
+            return [init_file(self.out)]
+        masks = [own] if own.exists() else self._pruning_files(level, sublevel)
+        return [*masks, self._start_file(level, sublevel)]
+
+    def files_to_continue(self, rule: BreakdownRule,
+                          refine: tuple[Iterable[str], int] | None = None) -> list[Path]:
+        """Every file a restart of this run elsewhere needs to finish it as if uninterrupted:
+        config, init and rewind weights, every point's metrics.json, and the inputs of whatever
+        may still be trained. That is the next level; with ``control_levels: breakdown``, every
+        level a control's bisection may still ask for; with ``refine`` (networks, steps), the
+        refinement points' sources, and while a refined control's bisection is open the weights
+        of every level that may become its bracket. The files that exist, each once."""
+        files = [config_file(self.out), init_file(self.out), rewind_file(self.out)]
+        files += [metrics_file(folder) for _, _, folder in point_dirs(self.out)]
+        last = max(self.finished_levels(), default=-1)
+        if last < self.config.imp.levels:
+            files += self.inputs(last + 1)
+        bisecting = self.config.imp.control_levels == "breakdown" and last >= 1
+        known = {name: self._measured(name, rule) for name in self.config.imp.controls
+                 if bisecting}
+        for name, measured in known.items():
+            for level in sorted(levels_still_asked(measured, last)):
+                files += self.inputs(level)
+        if refine is not None and last >= 1:
+            networks, steps = refine
+            for task in refinement_plan(self.records(), networks, rule, steps):
+                files += self.inputs(task.level, task.sublevel)
+            for name in set(networks) & set(known):
+                for level in sorted(bracket_candidates(known[name], last)):
+                    folder = level_dir(self.out, level)
+                    files += [final_file(folder), mask_file(folder)]
+        return [path for path in dict.fromkeys(files) if path.exists()]
+
     def _masks_for(self, level: int, sublevel: int = 0) -> Masks:
         """The point's masks: stored, or made now (and stored)."""
         stored = mask_file(level_dir(self.out, level, sublevel))
@@ -221,16 +284,16 @@ class ImpRun:
             return self._load(stored)
         model = self._init_model()
         plan = pruning_plan(model, self.config.pruning)
-        exponent = self._exponent(level, sublevel)
         if level == 0 and sublevel == 0:
             masks = dense_masks(model)
         elif self.config.pruning.mode == "one_shot":
-            weights = self._load(final_file(level_dir(self.out, 0)))
-            masks = prune(weights, dense_masks(model), plan, exponent)
+            (weights,) = self._pruning_files(level, sublevel)
+            masks = prune(self._load(weights), dense_masks(model), plan,
+                          self._exponent(level, sublevel))
         else:
-            parent = level_dir(self.out, level - 1 if sublevel == 0 else level)
-            masks = prune(self._load(final_file(parent)), self._load(mask_file(parent)), plan,
-                          exponent)
+            weights, previous = self._pruning_files(level, sublevel)
+            masks = prune(self._load(weights), self._load(previous), plan,
+                          self._exponent(level, sublevel))
         atomic_save(masks, stored)
         return masks
 
@@ -246,13 +309,7 @@ class ImpRun:
         """The weights a point's ticket trains from (before masking)."""
         if level == 0 and sublevel == 0:
             return self._init_model().state_dict()
-        if self.config.imp.retrain == "rewind":
-            return self._load(rewind_file(self.out))
-        if self.config.pruning.mode == "one_shot":
-            source = 0
-        else:
-            source = level - 1 if sublevel == 0 else level
-        return self._load(final_file(level_dir(self.out, source)))
+        return self._load(self._start_file(level, sublevel))
 
     # ---- training -----------------------------------------------------------------------------
     def _train_control(self, level: int, sublevel: int, name: str, masks: Masks) -> dict:

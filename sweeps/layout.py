@@ -6,7 +6,7 @@ Written by ``sweeps.tracking`` (the Tune driver), read by ``sweeps.report``.
   ``breakdown.tolerance`` and ``breakdown.metric``.
 - child run per trial: tags ``lt.sweep``, ``lt.role=trial``, ``ray_trial_id``, ``lt.config``
   (the swept values but the seed: the seeds of one configuration share it),
-  ``mlflow.parentRunId``.
+  ``mlflow.parentRunId``; ``lt.refine_failed`` when an ``lt-sweep refine`` of it failed.
   - A grid level's measurements sit at ``step = level``, under their flat names
     (``lt_core.metrics``: ``density``, ``test_acc``, ``reinit_test_acc``, ...).
   - A refinement point's sit under ``refine/<name>`` at ``step = 1000 * level + sublevel``
@@ -26,6 +26,7 @@ SWEEP_TAG = "lt.sweep"
 ROLE_TAG = "lt.role"  # "parent" or "trial"
 CONFIG_TAG = "lt.config"
 TRIAL_TAG = "ray_trial_id"
+REFINE_FAILED_TAG = "lt.refine_failed"  # on a trial run: the Tune trial of a refinement that failed
 PARENT_RUN_TAG = "mlflow.parentRunId"
 TOLERANCE_PARAM = "breakdown.tolerance"
 METRIC_PARAM = "breakdown.metric"

@@ -183,7 +183,12 @@ def plan_refinement(study: Study, trials: dict[str, dict], steps: int,
     plan = RefinePlan({}, 0)
     rule = study.breakdown.rule
     for trial_id in trials:
-        records = run_records(run_directory(study, trial_id))
+        run_dir = run_directory(study, trial_id)
+        records = run_records(run_dir)
+        if not records or records[0].point_id != (0, 0):
+            raise ConfigError(f"{run_dir}: trial {trial_id} has no finished dense level here (was "
+                              f"the run directory moved or deleted? storage is "
+                              f"{study.storage_path})")
         plan.brackets += sum(1 for network in networks
                              if (found := grid_breakdown(records, network, rule)) is not None
                              and not found.censored)
@@ -204,8 +209,7 @@ def refine_sweep(study: Study, results_dir: Path, trials: dict[str, dict], steps
     shutil.rmtree(results_dir / REFINE_DIR, ignore_errors=True)  # the previous refine's state
     targets = [{"trial_id": trial_id, "swept": swept} for trial_id, swept in trials.items()]
     tuner = tune.Tuner(
-        trainable_for(study, refine_trial, steps=steps, networks=networks,
-                      rule=study.breakdown.rule),
+        trainable_for(study, refine_trial, steps=steps, networks=networks),
         param_space={REFINE_KEY: tune.grid_search(targets)},
         tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(
             max_concurrent=study.search.max_concurrent or 0)),

@@ -264,6 +264,12 @@ def _check_experiments(study: Study) -> None:
         raise ConfigError(str(err).replace(f"{source}: ", f"{source}: base.", 1)) from None
     check_networks(study.breakdown.refine_networks, base.imp.controls,
                    f"{source}: breakdown.refine_networks")
+    if "test_acc" in study.search.objective and (
+            study.breakdown.refine or base.imp.control_levels == "breakdown"):
+        raise ConfigError(f"{source}: search.objective: 'test_acc' is read from a trial's last "
+                          f"result, which with breakdown.refine or imp.control_levels "
+                          f"'breakdown' is a refinement or control point; use "
+                          f"breakdown_sparsity_est or dense_test_acc")
     keys = list(study.space)
     for key in keys:  # each key on its own first, so the error names the swept field
         for value in study.space[key].representatives():

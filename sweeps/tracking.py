@@ -24,8 +24,8 @@ from ray.tune import Callback
 from lt_core.breakdown import BreakdownRule, dense_accuracy, locate, trial_summary
 from lt_core.levels import LevelRecord, networks_in
 from lt_core.metrics import TICKET
-from sweeps.layout import (CONFIG_TAG, METRIC_PARAM, PARENT_RUN_TAG, ROLE_TAG, SWEEP_TAG,
-                           TOLERANCE_PARAM, TRIAL_TAG, point_entries, point_of,
+from sweeps.layout import (CONFIG_TAG, METRIC_PARAM, PARENT_RUN_TAG, REFINE_FAILED_TAG, ROLE_TAG,
+                           SWEEP_TAG, TOLERANCE_PARAM, TRIAL_TAG, point_entries, point_of,
                            records_from_history)
 from sweeps.plots import accuracy_vs_density
 from sweeps.report import Report, breakdown_mark, build_report, metric_entries, search_all_runs
@@ -307,6 +307,12 @@ class MlflowLevelLogger(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         run_id = self.trial_run_id(trial)
+        if trial.config.get("_refine"):
+            # The sweep's trial itself finished: a failed refinement leaves its run in the report
+            # (FINISHED, with what was refined) and says so in a tag.
+            self.connect().set_tag(run_id, REFINE_FAILED_TAG, trial.trial_id)
+            self.connect().set_terminated(run_id, "FINISHED")
+            return
         self.connect().set_terminated(run_id, "FAILED")
 
     def on_experiment_end(self, trials, **info) -> None:

@@ -26,8 +26,7 @@ from ray import tune
 from lt_core.breakdown import BreakdownRule, levels_below, trial_summary
 from lt_core.imp import ImpRun
 from lt_core.levels import LevelRecord
-from lt_core.rundir import (atomic_write_json, config_file, final_file, init_file, level_dir,
-                            mask_file, metrics_file, point_dirs, read_json, rewind_file)
+from lt_core.rundir import atomic_write_json, metrics_file, read_json
 from sweeps.study import Study, trial_config
 
 # Tune's live table shows the first four numeric keys of a result: these lead it.
@@ -55,26 +54,31 @@ def point_result(record: LevelRecord, records: list[LevelRecord], rule: Breakdow
         key: value for key, value in values.items() if key not in RESULT_ORDER}
 
 
-def _write_resume_kit(run: ImpRun, folder: Path, reported: set[str]) -> None:
-    for path in (config_file(run.out), init_file(run.out), rewind_file(run.out)):
-        if path.exists():
-            shutil.copy2(path, folder / path.name)
-    for level, sublevel, source in point_dirs(run.out):
-        if metrics_file(source).exists():
-            target = level_dir(folder, level, sublevel)
-            target.mkdir(parents=True)
-            shutil.copy2(metrics_file(source), metrics_file(target))
-    last = max(run.finished_levels())
-    for path in (mask_file(level_dir(run.out, last)), final_file(level_dir(run.out, last))):
-        shutil.copy2(path, level_dir(folder, last) / path.name)
+def _write_resume_kit(run: ImpRun, folder: Path, reported: set[str], files: list[Path]) -> None:
+    """What a restart on a node without the run directory needs (``ImpRun.files_to_continue``),
+    and the points reported so far."""
+    for source in files:
+        target = folder / source.relative_to(run.out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
     atomic_write_json({"reported": sorted(reported)}, folder / REPORTED_FILE)
 
 
+def _networks_in(path: Path) -> set[str]:
+    return set(LevelRecord.from_metrics(read_json(path)).networks)
+
+
 def _restore_resume_kit(kit: Path, run_dir: Path) -> set[str]:
-    """Copy what the run directory lacks from a checkpoint; returns the points reported."""
+    """Copy what the run directory lacks from a checkpoint; returns the points reported. A
+    point's metrics.json in the kit that knows more networks than the run directory's (a node
+    that held this trial earlier and fell behind) replaces it."""
     for source in sorted(kit.rglob("*")):
         target = run_dir / source.relative_to(kit)
-        if source.is_file() and source.name != REPORTED_FILE and not target.exists():
+        if not source.is_file() or source.name == REPORTED_FILE:
+            continue
+        stale = (target.exists() and source.name == metrics_file(target.parent).name
+                 and _networks_in(source) > _networks_in(target))
+        if not target.exists() or stale:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
     reported = read_json(kit / REPORTED_FILE)
@@ -86,17 +90,21 @@ def _restore_resume_kit(kit: Path, run_dir: Path) -> set[str]:
 class Reporter:
     """Reports each finished point of a run once, with a checkpoint to continue from."""
 
-    def __init__(self, run: ImpRun, rule: BreakdownRule, reported: set[str]):
-        self.run, self.rule, self.reported = run, rule, reported
+    def __init__(self, run: ImpRun, rule: BreakdownRule, reported: set[str],
+                 refine: tuple[list[str], int] | None = None):
+        self.run, self.rule, self.reported, self.refine = run, rule, reported, refine
 
     def __call__(self, metrics: dict) -> None:
-        record = LevelRecord.from_metrics(metrics)
+        self.record(LevelRecord.from_metrics(metrics))
+
+    def record(self, record: LevelRecord) -> None:
         key = report_id(record)
         if key in self.reported or f"{record.level}.{record.sublevel:03d}:*" in self.reported:
             return
         self.reported.add(key)
         with tempfile.TemporaryDirectory() as folder:
-            _write_resume_kit(self.run, Path(folder), self.reported)
+            _write_resume_kit(self.run, Path(folder), self.reported,
+                              self.run.files_to_continue(self.rule, self.refine))
             tune.report(point_result(record, self.run.records(), self.rule, self.run.out),
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
@@ -104,8 +112,15 @@ class Reporter:
         for metrics in points:
             self(metrics)
 
+    def unreported(self) -> None:
+        """Report every finished point not reported yet: one finished just before a crash, or
+        before a restart that found it done."""
+        for record in self.run.records():
+            self.record(record)
 
-def _start(study: Study, swept: dict, trial_id: str) -> tuple[ImpRun, Reporter]:
+
+def _start(study: Study, swept: dict, trial_id: str,
+           refine: tuple[list[str], int] | None) -> tuple[ImpRun, Reporter]:
     run_dir = run_directory(study, trial_id)
     reported: set[str] = set()
     checkpoint = tune.get_checkpoint()
@@ -113,27 +128,28 @@ def _start(study: Study, swept: dict, trial_id: str) -> tuple[ImpRun, Reporter]:
         with checkpoint.as_directory() as kit:
             reported = _restore_resume_kit(Path(kit), run_dir)
     run = ImpRun(trial_config(study, swept), run_dir)
-    return run, Reporter(run, study.breakdown.rule, reported)
+    return run, Reporter(run, study.breakdown.rule, reported, refine)
 
 
 def imp_trial(params: dict, study: Study) -> None:
-    run, report = _start(study, params, tune.get_context().get_trial_id())
     breakdown = study.breakdown
+    refine = (breakdown.refine_networks, breakdown.refine) if breakdown.refine else None
+    run, report = _start(study, params, tune.get_context().get_trial_id(), refine)
     for level in run.levels:
         report(run.run_level(level))
-        if (breakdown.early_stop
-                and levels_below(run.records(), breakdown.rule) >= breakdown.patience):
+        done = [r for r in run.records() if r.level <= level]
+        if breakdown.early_stop and levels_below(done, breakdown.rule) >= breakdown.patience:
             break
     if run.config.imp.control_levels == "breakdown":
         report.each(run.measure_controls(breakdown.rule))
-    if breakdown.refine:
-        report.each(run.refine(breakdown.rule, breakdown.refine_networks, breakdown.refine))
+    if refine is not None:
+        report.each(run.refine(breakdown.rule, *refine))
+    report.unreported()
 
 
-def refine_trial(params: dict, study: Study, steps: int, networks: list[str],
-                 rule: BreakdownRule) -> None:
+def refine_trial(params: dict, study: Study, steps: int, networks: list[str]) -> None:
     """Refine one finished trial of a sweep (its id and swept values in ``params["_refine"]``)."""
     target = params[REFINE_KEY]
-    run, report = _start(study, target["swept"], target["trial_id"])
-    report.rule = rule
-    report.each(run.refine(rule, networks, steps))
+    run, report = _start(study, target["swept"], target["trial_id"], (networks, steps))
+    report.each(run.refine(study.breakdown.rule, networks, steps))
+    report.unreported()

@@ -5,14 +5,16 @@ the comments."""
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 from scipy import stats
 
 from lt_core.breakdown import (AT_FIRST_LEVEL, BROKEN, NOT_REACHED, Breakdown, BreakdownRule,
-                               Point, aggregate, dense_accuracy, levels_below, locate,
-                               next_level_to_measure, refinement_plan, refinement_sublevels,
-                               student_t_quantile, trial_summary)
+                               Point, aggregate, bracket_candidates, dense_accuracy,
+                               levels_below, levels_still_asked, locate, next_level_to_measure,
+                               refinement_plan, refinement_sublevels, student_t_quantile,
+                               trial_summary)
 from lt_core.levels import LevelRecord
 from lt_core.metrics import metric_name, split_metric_name
 
@@ -171,13 +173,29 @@ def test_a_censored_seed_makes_a_lower_bound_without_interval():
     summary = aggregate([seed(0.10), seed(0.05, censored=True), None])
     assert (summary.n, summary.censored, summary.lower_bound) == (2, 1, True)
     assert summary.ci is None and summary.sparsity_high is None
-    # The censored seed counts at its deepest point (0.055): sqrt(0.10 * 0.055) remaining.
-    assert summary.sparsity_est == pytest.approx(1 - math.sqrt(0.10 * 0.055))
+    # Every seed counts at its bracket's low end: the censored one at its deepest point
+    # (0.055), the broken one at its last level within (0.11), not at its estimate (0.10), which
+    # could overshoot: at least 1 - sqrt(0.11 * 0.055) = 92.22% sparsity.
+    assert summary.sparsity_est == summary.sparsity_low == pytest.approx(1 - math.sqrt(0.11 * 0.055))
 
 
 def test_one_seed_has_no_interval_and_nothing_has_none():
     assert aggregate([seed(0.2)]).ci is None
     assert aggregate([None, None]) is None
+
+
+def test_a_level_with_no_weights_left_has_no_log():
+    # Level 2 keeps nothing (density 0, 10% accuracy): the crossing is taken linearly in density,
+    # (0.98 - 0.97) / (0.98 - 0.10) of the way from 0.5 to 0.
+    levels = make_levels([0.98, 0.98, 0.10], rate=0.5)
+    levels[2] = LevelRecord(2, 0.0, levels[2].networks)
+    found = locate(levels, "ticket", RULE)
+    assert found.density_est == pytest.approx(0.5 * (1 - 0.01 / 0.88))
+    assert aggregate([found, found]).sparsity_high == 1.0
+
+
+def test_a_dense_network_without_accuracy_has_no_breakdown():
+    assert locate(make_levels([math.nan, 0.98, 0.97]), "ticket", RULE) is None
 
 
 def test_interval_is_clipped_at_the_dense_network():
@@ -226,14 +244,45 @@ def test_bisection_then_both_neighbours_on_a_monotone_control():
 def test_a_neighbour_that_contradicts_monotonicity_moves_the_bracket():
     # A dip at level 11: the confirmation finds it and the bracket becomes (10, 11), as the rule
     # on every level would give; 9 then confirms its dense side.
-    asked, _ = bisection(lambda level: level <= 12 and level != 11, 20)
+    asked, known = bisection(lambda level: level <= 12 and level != 11, 20)
     assert asked == [10, 15, 12, 13, 11, 9]
+    levels = make_levels([0.98] + [0.98 if known.get(lv) else 0.9 for lv in range(1, 21)])
+    for record in levels[1:]:
+        if record.level not in known:
+            del record.networks["ticket"]
+    found = locate(levels, "ticket", RULE)
+    assert (found.low.position, found.high.position) == (10, 11)
 
 
 def test_bisection_not_reached_and_at_first_level():
     assert bisection(lambda level: True, 5)[0] == [3, 4, 5]
     assert bisection(lambda level: False, 5)[0] == [3, 1, 2]
     assert bisection(lambda level: True, 0)[0] == []
+
+
+def test_levels_a_bisection_may_still_ask_for():
+    assert levels_still_asked({}, 5) == {1, 2, 3, 4, 5}
+    # Below at 15: nothing past 16 (the neighbour that confirms) can be asked any more.
+    assert levels_still_asked({10: True, 15: False}, 20) == set(range(1, 17)) - {10, 15}
+    assert levels_still_asked({1: True, 2: False}, 5) == {3}
+    assert levels_still_asked({1: True, 2: False, 3: False}, 3) == set()
+    assert bracket_candidates({10: True, 15: False}, 20) == set(range(0, 15))
+    assert bracket_candidates({1: True, 2: False, 3: False}, 3) == set()
+
+
+def test_every_later_ask_is_among_the_levels_still_asked():
+    """Along many bisections (monotone, with dips, random answers), whatever is asked after any
+    point was among levels_still_asked there (what a resume kit must carry)."""
+    rng = random.Random(0)
+    truths = [lambda lv: lv <= 11, lambda lv: lv <= 12 and lv != 11, lambda lv: True,
+              lambda lv: False] + [
+        (lambda answers: lambda lv: answers[lv])({lv: rng.random() < 0.6 for lv in range(1, 21)})
+        for _ in range(50)]
+    for truth in truths:
+        asked, _ = bisection(truth, 20)
+        for step in range(len(asked) + 1):
+            known = {lv: truth(lv) for lv in asked[:step]}
+            assert set(asked[step:]) <= levels_still_asked(known, 20), (asked, step)
 
 
 def test_resumed_bisection_continues_from_what_is_known():

@@ -178,14 +178,27 @@ def test_refine_refuses_bad_input_and_writes_nothing(breaking_sweep: Path, tmp_p
     assert _listing(results) == files
     assert _histories(_uri(breaking_sweep)) == histories
     assert list(tmp_path.iterdir()) == []
+    # A trial whose run directory is gone (results moved without it, or deleted).
+    run_dir = next((results / "runs").iterdir())
+    moved = run_dir.with_name(run_dir.name + ".moved")
+    run_dir.rename(moved)
+    try:
+        assert main(["refine", str(results)]) == 2
+        err = capsys.readouterr().err
+        assert f"{run_dir}: trial {run_dir.name} has no finished dense level here" in err
+        assert err.count("\n") == 1
+    finally:
+        moved.rename(run_dir)
 
 
 @pytest.fixture(scope="module")
 def unbreakable_sweep(tmp_path_factory, npz_path: Path) -> Path:
+    """Two levels at 50% (a quarter of the hidden weights left) cannot cost 20 points of
+    accuracy: every seed stays within tolerance."""
     tmp = tmp_path_factory.mktemp("unbreakable")
     done = run_cli(["run", str(QUICKSTART), *small_sweep_args(npz_path, tmp, levels=2),
                     "--set", "space={pruning.rate: {grid: [0.5]}, seed: {grid: [0, 1]}}",
-                    "--set", "breakdown.tolerance=100"], cwd=tmp)
+                    "--set", "breakdown.tolerance=20"], cwd=tmp)
     assert done.returncode == 0, done.stderr[-3000:]
     return tmp
 
@@ -202,6 +215,10 @@ def test_a_sweep_that_cannot_break_reports_lower_bounds(unbreakable_sweep: Path,
         assert summary.sparsity_est == pytest.approx(config.trials[0].records[-1].sparsity)
     row = report.table().splitlines()[2]
     assert row.count("> ") == 2 and "(2/2 censored)" in row
+    for trial in config.trials:  # a real curve, well inside the band, not a trivial threshold
+        dense = trial.records[0].value("ticket", "test_acc")
+        assert all(dense - 0.2 < r.value("ticket", "test_acc") for r in trial.records)
+        assert dense > 0.5
     (record,) = report.rows()
     assert record["censored"] == 2 and record["breakdown_sparsity_high"] == ""
     assert record["breakdown_sparsity_ci_low"] == "" and record["reinit_censored"] == 2

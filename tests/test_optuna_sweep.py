@@ -28,7 +28,10 @@ def test_searcher_uses_the_chosen_sampler(sampler, objective, expected) -> None:
     assert searcher.metric == (objectives if len(objectives) > 1 else objectives[0])
 
 
-def test_two_objective_optuna_sweep_with_breakdown_stopping(tmp_path: Path, npz_path) -> None:
+def test_two_objective_optuna_sweep_with_breakdown_stopping_and_refinement(
+        tmp_path: Path, npz_path) -> None:
+    """Optuna picks the rates; each trial stops pruning two levels after its ticket broke down
+    and then (breakdown.refine: 2) trains two points inside its bracket."""
     levels = 6
     args = ["run", str(QUICKSTART), *small_sweep_args(npz_path, tmp_path, levels=levels),
             "--set", "search={algorithm: optuna, sampler: nsga2, num_samples: 3, seed: 0, "
@@ -36,7 +39,7 @@ def test_two_objective_optuna_sweep_with_breakdown_stopping(tmp_path: Path, npz_
             # 85-90% of the weights per level: the ticket breaks down within a few levels.
             "--set", "space={pruning.rate: {uniform: [0.85, 0.9]}, "
                      "pruning.scope: {choice: [global, layerwise]}}",
-            "--set", "breakdown={tolerance: 1.0, early_stop: true, patience: 2}"]
+            "--set", "breakdown={tolerance: 1.0, early_stop: true, patience: 2, refine: 2}"]
     done = run_cli(args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -54,3 +57,14 @@ def test_two_objective_optuna_sweep_with_breakdown_stopping(tmp_path: Path, npz_
         assert len(history) < levels + 1, history
         assert below[-2:] == history[-2:], (history, accs)
         assert run.data.metrics["breakdown_sparsity"] < 0.99
+        # The bracket is (first level below - 1, first level below); its two refinement points
+        # sit a third and two thirds of the way, each logged once.
+        bracket = below[0] - 1
+        refined = metric_steps(uri, run.info.run_id, "refine/test_acc")
+        assert refined == [1000 * bracket + 333, 1000 * bracket + 667], (refined, history)
+        low, high = (run.data.metrics[f"breakdown_sparsity_{end}"] for end in ("low", "high"))
+        sparsity = {m.step: m.value for m in __import__("mlflow").MlflowClient(uri)
+                    .get_metric_history(run.info.run_id, "sparsity")}
+        assert sparsity[bracket] <= low < high <= sparsity[bracket + 1]
+        assert (tmp_path / "lt_results" / "quickstart" / "runs" /
+                run.data.tags["ray_trial_id"] / f"level_{bracket:02d}.333").is_dir()

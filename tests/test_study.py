@@ -82,6 +82,18 @@ GOOD = {
                "data": {"name": "cifar10", "test_split": "test[10000:]"}}},
      "base.data.test_split"),
     ({"name": "has space"}, "name"),
+    ({"breakdown": {"refine": 100}}, "breakdown.refine"),
+    ({"breakdown": {"refine": -1}}, "breakdown.refine"),
+    ({"breakdown": {"refine": 3, "refine_networks": ["reinit"]}},
+     "breakdown.refine_networks: 'reinit' is not one of ticket (the ticket and the controls"),
+    ({"breakdown": {"refine_networks": ["ticket", "ticket"]}},
+     "breakdown.refine_networks: a network is listed twice"),
+    ({"base": {"model": {"name": "lenet_300_100"}, "data": {"name": "mnist"},
+               "imp": {"control_levels": "some"}}}, "base.imp.control_levels"),
+    ({"search": {"objective": "breakdown_sparsity_mid"}}, "search.objective"),
+    ({"search": {"algorithm": "optuna", "objective": "test_acc"},
+      "space": {"pruning.rate": {"uniform": [0.2, 0.5]}}, "breakdown": {"refine": 2}},
+     "search.objective: 'test_acc' is read from a trial's last result"),
 ])
 def test_malformed_study_exits_2_naming_the_field(change, field, tmp_path, capsys,
                                                   monkeypatch) -> None:
@@ -93,6 +105,18 @@ def test_malformed_study_exits_2_naming_the_field(change, field, tmp_path, capsy
         assert err.count("\n") == 0, err
         assert str(path) in err and field in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"], "something was written"
+
+
+def test_breakdown_settings_of_a_study() -> None:
+    study = load_study(REPO / "search_spaces" / "quickstart.yaml", [
+        "breakdown={tolerance: 2.0, metric: early_stop_acc, refine: 3, "
+        "refine_networks: [ticket, reinit]}", "base.imp.control_levels=breakdown",
+        "search.objective=breakdown_sparsity_est"])
+    assert study.breakdown.rule.tolerance_pp == 2.0
+    assert study.breakdown.rule.metric == "early_stop_acc"
+    assert (study.breakdown.refine, study.breakdown.refine_networks) == (3, ["ticket", "reinit"])
+    assert study.base_config().imp.control_levels == "breakdown"
+    assert study.search.objective == ["breakdown_sparsity_est"]
 
 
 def test_set_overrides_reach_the_study(capsys, monkeypatch) -> None:

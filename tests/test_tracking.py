@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from ray.tune.experiment import Trial
 
 from lt_core.config import config_from_dict
+from sweeps.report import build_report
 from sweeps.study import Breakdown
 from sweeps.tracking import (MlflowLevelLogger, config_label, ensure_child_run, ensure_parent_run,
                              experiment_id_for, flatten, log_point, logged_points, param_text,
@@ -245,6 +246,32 @@ def test_restarted_driver_reuses_runs_and_skips_logged_levels(store, tmp_path, r
         assert history == sorted(set(history)) and history[-1] == 3
     assert [record.level for record in second.trial_levels(restored)] == [0, 1, 2, 3]
     assert client.get_run(run_id).data.metrics["breakdown_sparsity"] == pytest.approx(1 - 0.8**2)
+
+
+def test_a_failed_refinement_leaves_the_trial_finished(store, tmp_path, request):
+    logger = MlflowLevelLogger(make_study(tmp_path), store, request.node.name,
+                               resolve_config=resolve_config)
+    logger.setup()
+    trial = make_trial("trial_00000", 0.2, 0)
+    logger.on_trial_start(0, [trial], trial)
+    for result in RESULTS:
+        logger.on_trial_result(0, [trial], trial, result)
+    logger.on_trial_complete(0, [trial], trial)
+    # lt-sweep refine: another Tune trial, logging to the same run, that fails.
+    refine = Trial("refine", trial_id="r_00000", stub=True, config={
+        "_refine": {"trial_id": "trial_00000", "swept": {"pruning.rate": 0.2, "seed": 0}}})
+    logger.on_trial_start(0, [refine], refine)
+    run_id = logger.trial_run_id(refine)
+    assert run_id == logger.trial_run_id(trial)
+    refined = {"level": 2, "sublevel": 500, "density": 0.8**2.5, "sparsity": 1 - 0.8**2.5,
+               "test_acc": 0.972}
+    logger.on_trial_result(0, [refine], refine, refined)
+    logger.on_trial_error(0, [refine], refine)
+    run = MlflowClient(store).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["lt.refine_failed"] == "r_00000"
+    assert steps(MlflowClient(store), run_id, "refine/test_acc") == [2500]
+    assert len(build_report(store, request.node.name).configurations[0].trials) == 1
 
 
 def test_breakdown_metric_is_the_studys(store, tmp_path, request):
