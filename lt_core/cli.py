@@ -7,11 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-from lt_core.breakdown import BreakdownRule, trial_summary
+from lt_core.breakdown import BreakdownRule, locate
 from lt_core.config import ConfigError, load_config
 from lt_core.data import DataUnavailable
 from lt_core.imp import ImpRun, RunDirMismatch
-from lt_core.levels import LevelRecord
+from lt_core.levels import LevelRecord, networks_in
 from lt_core.metrics import ACCURACY_METRICS, TICKET
 from lt_core.validate import check_experiment
 
@@ -50,18 +50,17 @@ def level_table(records: list[LevelRecord], controls: list[str],
 
 
 def breakdown_line(records: list[LevelRecord], rule: BreakdownRule) -> str:
-    summary = trial_summary(records, rule)
+    """Each network's breakdown sparsity: the estimate (bracket), or a lower bound."""
     parts = []
-    for name in [TICKET] + sorted({n for r in records for n in r.networks} - {TICKET}):
-        prefix = "" if name == TICKET else f"{name}_"
-        if f"{prefix}breakdown_sparsity_est" not in summary:
+    for name in networks_in(records):
+        found = locate(records, name, rule)
+        if found is None:
             continue
-        low = 100 * summary[f"{prefix}breakdown_sparsity_low"]
-        if summary[f"{prefix}breakdown_censored"]:
-            parts.append(f"{name} > {low:.2f}% (not reached)")
+        if found.censored:
+            parts.append(f"{name} > {100 * found.sparsity_low:.2f}% (not reached)")
         else:
-            parts.append(f"{name} {100 * summary[f'{prefix}breakdown_sparsity_est']:.2f}% "
-                         f"({low:.2f}-{100 * summary[f'{prefix}breakdown_sparsity_high']:.2f})")
+            parts.append(f"{name} {100 * found.sparsity_est:.2f}% ({100 * found.sparsity_low:.2f}"
+                         f"-{100 * found.sparsity_high:.2f})")
     return (f"breakdown sparsity ({rule.metric}, {rule.tolerance_pp:g} pp): "
             + ("; ".join(parts) or "no pruned level yet"))
 

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
                       ValidationError, model_validator)
 
-from lt_core.model_defaults import MODEL_DEFAULTS
+from lt_core.controls import CONTROLS
+from lt_core.masks import STRUCTURES
 from lt_core.models import MODELS
+from lt_core.pruning import CRITERIA
+from lt_core.retrain import RETRAIN_MODES
 from lt_core.steps import Step
 
 
@@ -35,18 +39,28 @@ StepText = Annotated[str, BeforeValidator(_int_is_iterations), AfterValidator(_c
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 
 
+def registered(registry: Mapping[str, Any], what: str) -> AfterValidator:
+    """A name that must be a key of ``registry``: the registry is the list of allowed values."""
+    def check(name: str) -> str:
+        if name not in registry:
+            raise ValueError(f"unknown {what} {name!r}; choose from {', '.join(registry)}")
+        return name
+    return AfterValidator(check)
+
+
+ModelName = Annotated[str, registered(MODELS, "model")]
+CriterionName = Annotated[str, registered(CRITERIA, "pruning criterion")]
+StructureName = Annotated[str, registered(STRUCTURES, "pruning structure")]
+ControlName = Annotated[str, registered(CONTROLS, "control")]
+RetrainName = Annotated[str, registered(RETRAIN_MODES, "retrain mode")]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class ModelConfig(_Strict):
-    name: str
-
-    @model_validator(mode="after")
-    def _known(self) -> "ModelConfig":
-        if self.name not in MODELS:
-            raise ValueError(f"unknown model {self.name!r}; choose from {', '.join(MODELS)}")
-        return self
+    name: ModelName
 
 
 def _absolute(path: str | None) -> str | None:
@@ -100,21 +114,36 @@ class TrainConfig(_Strict):
 
 
 class PruningConfig(_Strict):
+    criterion: CriterionName = "magnitude"  # lt_core.pruning.CRITERIA: what scores the weights
+    structure: StructureName = "unstructured"  # lt_core.masks.STRUCTURES: weights or filters
     scope: Literal["global", "layerwise"] = "global"
-    rate: Fraction = 0.2  # fraction of the surviving weights removed per level
+    rate: Fraction = 0.2  # fraction of the surviving weights (or filters) removed per level
     # Per-layer rates: a prunable parameter name, or "output", "conv", "linear" (most specific wins).
     # A rate of 0 leaves the layer dense. In global scope these layers are pruned on their own.
     layer_rates: dict[str, Annotated[float, Field(ge=0.0, lt=1.0)]] = {}
     min_layer_density: float = Field(0.0, ge=0.0, le=1.0)  # guard against layer collapse
-    mode: Literal["iterative", "one_shot"] = "iterative"
-    target_density: Fraction | None = None  # one_shot only: prune straight to this density
+    # iterative: IMP (prune the previous level's trained weights); one_shot: prune the dense
+    # trained weights (level 0) to each level's density; at_init: prune the initial weights to
+    # each level's density and train each mask once from init (SNIP, SynFlow, ...).
+    mode: Literal["iterative", "one_shot", "at_init"] = "iterative"
+    target_density: Fraction | None = None  # one_shot / at_init: prune straight to this density
+    rounds: int | None = Field(None, ge=1)  # re-scorings per level (default: the criterion's)
+    score_batches: int = Field(1, ge=1)  # batches a data-driven criterion (snip) scores on
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PruningConfig":
+        if self.structure == "filter" and self.scope == "global":
+            raise ValueError("structure 'filter' needs scope 'layerwise': filters of different "
+                             "layers have different sizes, so one threshold over their summed "
+                             "scores would favour the big ones")
+        return self
 
 
 class ImpConfig(_Strict):
     levels: int = Field(10, ge=0)  # pruned levels after the dense level 0
     rewind: StepText = "0it"  # k: rewind point (0it = reset to init, the original LTH)
-    retrain: Literal["rewind", "lr_rewind", "finetune"] = "rewind"
-    controls: list[Literal["reinit", "random_prune", "shuffle"]] = []
+    retrain: RetrainName = "rewind"  # lt_core.retrain.RETRAIN_MODES
+    controls: list[ControlName] = []  # lt_core.controls.CONTROLS
     # Where controls are trained: every pruned level, or (after the ticket's levels) only the
     # levels a bisection over each control's own breakdown needs (lt_core.breakdown).
     control_levels: Literal["all", "breakdown"] = "all"
@@ -133,10 +162,15 @@ class ExperimentConfig(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> "ExperimentConfig":
         if self.pruning.target_density is not None:
-            if self.pruning.mode != "one_shot":
-                raise ValueError("pruning.target_density needs pruning.mode 'one_shot'")
+            if self.pruning.mode == "iterative":
+                raise ValueError("pruning.target_density needs pruning.mode 'one_shot' or "
+                                 "'at_init'")
             if self.imp.levels != 1:
                 raise ValueError("pruning.target_density prunes in one level: set imp.levels to 1")
+        if self.pruning.mode == "at_init":
+            if self.imp.retrain != "rewind" or Step.parse(self.imp.rewind) != Step(0, 0):
+                raise ValueError("pruning.mode 'at_init' trains each mask from init: it needs "
+                                 "imp.retrain 'rewind' and imp.rewind 0it")
         if len(set(self.imp.controls)) != len(self.imp.controls):
             raise ValueError("imp.controls lists a control twice")
         return self
@@ -206,7 +240,7 @@ def config_from_dict(raw: Any, source: str = "config") -> ExperimentConfig:
         raise ConfigError(f"{source}: expected a mapping at the top level")
     model = raw.get("model")
     name = model.get("name") if isinstance(model, dict) else None
-    defaults = MODEL_DEFAULTS.get(name, {}) if isinstance(name, str) else {}
+    defaults = MODELS[name].defaults if isinstance(name, str) and name in MODELS else {}
     merged = deep_merge(defaults, raw)
     try:
         return ExperimentConfig.model_validate(merged)

@@ -1,8 +1,12 @@
-"""Iterative Magnitude Pruning, one level at a time, resumable from the run directory.
+"""Iterative pruning, one level at a time, resumable from the run directory.
 
 Level 0 trains the dense network from ``init.pt`` and saves the weights at the rewind point k in
-``rewind.pt``. Level l > 0 prunes (from level l-1's final weights, or level 0's in one-shot mode)
-and retrains iterations k..T by the ``retrain`` mode:
+``rewind.pt``. Level l > 0 prunes by ``pruning.criterion`` (lt_core.pruning; magnitude is IMP)
+in ``pruning.structure`` units, then trains. What it prunes depends on ``pruning.mode``:
+  iterative  level l-1's final weights and masks, further
+  one_shot   level 0's final weights, from dense
+  at_init    the initial weights, from dense; the mask then trains once from init
+It retrains iterations k..T by the ``retrain`` mode (lt_core.retrain):
   rewind     survivors back to ``rewind.pt``, LR schedule from k (k = 0: the original LTH)
   lr_rewind  keep the pruned final weights, replay the LR schedule from k
   finetune   keep the pruned final weights, train at the schedule's final LR
@@ -30,13 +34,15 @@ import torch
 from lt_core.breakdown import (BreakdownRule, bracket_candidates, dense_accuracy, levels_still_asked,
                                next_level_to_measure, refinement_plan)
 from lt_core.config import ExperimentConfig, config_from_dict
-from lt_core.controls import CONTROLS
+from lt_core.controls import CONTROLS, ControlInputs
 from lt_core.data import TensorData, load_dataset
 from lt_core.levels import SUBLEVELS, LevelRecord
 from lt_core.lr_schedule import lr_schedule
-from lt_core.masks import Masks, apply_masks, dense_masks, density, prune, pruning_plan
+from lt_core.masks import Masks, apply_masks, dense_masks, density, pruning_plan
 from lt_core.metrics import TICKET
 from lt_core.models import build_model
+from lt_core.pruning import ScoreContext, prune
+from lt_core.retrain import RETRAIN_MODES
 from lt_core.rundir import (atomic_save, atomic_write_json, atomic_write_text, config_file,
                             final_file, init_file, level_dir, load_tensors, mask_file,
                             metrics_file, network_files, point_dirs, read_json, rewind_file)
@@ -217,24 +223,27 @@ class ImpRun:
 
     def _source_level(self, level: int, sublevel: int) -> int:
         """The grid level a pruned point is pruned from (and, without rewinding, starts from)."""
-        if self.config.pruning.mode == "one_shot":
+        if self.config.pruning.mode != "iterative":
             return 0
         return level - 1 if sublevel == 0 else level
 
     def _pruning_files(self, level: int, sublevel: int) -> list[Path]:
-        """What a pruned point's masks are made from: its source level's weights and masks (a
-        one-shot point prunes level 0's weights from dense)."""
+        """What a pruned point's masks are made from: the weights that are scored, and (for
+        iterative pruning) the masks pruned further; otherwise the masks start dense."""
+        mode = self.config.pruning.mode
+        if mode == "at_init":
+            return [init_file(self.out)]
         source = level_dir(self.out, self._source_level(level, sublevel))
-        if self.config.pruning.mode == "one_shot":
+        if mode == "one_shot":
             return [final_file(source)]
         return [final_file(source), mask_file(source)]
 
     def _start_file(self, level: int, sublevel: int = 0) -> Path:
-        """What a point's ticket starts from: init.pt (dense), rewind.pt (weight rewinding) or its
-        source level's final weights (lr_rewind, finetune)."""
-        if level == 0 and sublevel == 0:
+        """What a point's ticket starts from: init.pt (dense, or pruned at init), rewind.pt
+        (weight rewinding) or its source level's final weights (lr_rewind, finetune)."""
+        if (level == 0 and sublevel == 0) or self.config.pruning.mode == "at_init":
             return init_file(self.out)
-        if self.config.imp.retrain == "rewind":
+        if RETRAIN_MODES[self.config.imp.retrain].rewinds_weights:
             return rewind_file(self.out)
         return final_file(level_dir(self.out, self._source_level(level, sublevel)))
 
@@ -278,24 +287,29 @@ class ImpRun:
         return [path for path in dict.fromkeys(files) if path.exists()]
 
     def _masks_for(self, level: int, sublevel: int = 0) -> Masks:
-        """The point's masks: stored, or made now (and stored)."""
+        """The point's masks: stored, or made now by the criterion (and stored)."""
         stored = mask_file(level_dir(self.out, level, sublevel))
         if stored.exists():
             return self._load(stored)
         model = self._init_model()
-        plan = pruning_plan(model, self.config.pruning)
         if level == 0 and sublevel == 0:
             masks = dense_masks(model)
-        elif self.config.pruning.mode == "one_shot":
-            (weights,) = self._pruning_files(level, sublevel)
-            masks = prune(self._load(weights), dense_masks(model), plan,
-                          self._exponent(level, sublevel))
         else:
-            weights, previous = self._pruning_files(level, sublevel)
-            masks = prune(self._load(weights), self._load(previous), plan,
-                          self._exponent(level, sublevel))
+            weights, *previous = self._pruning_files(level, sublevel)
+            model.load_state_dict(self._load(weights))
+            start = self._exponent(self._source_level(level, sublevel)) if previous else 0.0
+            seed = derived_seed(self.config.seed, level, sublevel, "prune")
+            pruning = self.config.pruning
+            context = ScoreContext(model, self._load(previous[0]) if previous else
+                                   dense_masks(model), self.data, self.config.train.batch_size,
+                                   pruning.score_batches, torch.Generator().manual_seed(seed))
+            masks = prune(pruning.criterion, context, self._plan(model), start,
+                          self._exponent(level, sublevel), pruning.rounds)
         atomic_save(masks, stored)
         return masks
+
+    def _plan(self, model: torch.nn.Module):
+        return pruning_plan(model, self.config.pruning)
 
     def _init_model(self) -> torch.nn.Module:
         path = init_file(self.out)
@@ -315,9 +329,11 @@ class ImpRun:
     def _train_control(self, level: int, sublevel: int, name: str, masks: Masks) -> dict:
         seed = (derived_seed(self.config.seed, level, name) if sublevel == 0 else
                 derived_seed(self.config.seed, level, sublevel, name))
-        generator = torch.Generator().manual_seed(seed)
-        start = CONTROLS[name](self._ticket_start(level, sublevel), masks,
-                               lambda: self._fresh_model(seed).state_dict(), generator)
+        model = build_model(self.config.model.name, self.data.input_shape, self.data.num_classes)
+        start = CONTROLS[name](ControlInputs(
+            self._ticket_start(level, sublevel), masks,
+            lambda: self._fresh_model(seed).state_dict(), torch.Generator().manual_seed(seed),
+            self._plan(model)))
         result = self._train_network(level, sublevel, name, start.state, start.masks)
         point = {"level": level, **({"sublevel": sublevel} if sublevel else {}),
                  "density": density(start.masks), "sparsity": 1 - density(start.masks)}
@@ -348,9 +364,8 @@ class ImpRun:
         pruned = level > 0 or sublevel > 0
         start = rewind_iter if pruned else 0
         lr_at = schedule
-        if pruned and self.config.imp.retrain == "finetune":
-            final_lr = schedule(end - 1)
-            lr_at = lambda _it: final_lr  # noqa: E731
+        if pruned:
+            lr_at = RETRAIN_MODES[self.config.imp.retrain].lr_at(schedule, end)
         snapshot = None
         if not pruned and not rewind_file(self.out).exists():
             snapshot = lambda m: atomic_save(m.state_dict(), rewind_file(self.out))  # noqa: E731

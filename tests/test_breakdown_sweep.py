@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 
 from lt_core.breakdown import BreakdownRule, locate
 from lt_core.imp import run_records
+from lt_core.rundir import config_file
 from sweeps.cli import main
 from sweeps.report import build_report
 from tests.sweep_helpers import QUICKSTART, run_cli, small_sweep_args, sweep_runs
@@ -49,7 +50,7 @@ def _trial_dirs(tmp: Path) -> dict[tuple[str, int], Path]:
     """(control_levels, seed) -> run directory."""
     found = {}
     for run_dir in (_results(tmp) / "runs").iterdir():
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        config = yaml.safe_load(config_file(run_dir).read_text())
         found[(config["imp"]["control_levels"], config["seed"])] = run_dir
     return found
 

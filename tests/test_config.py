@@ -11,7 +11,7 @@ import yaml
 from lt_core.cli import main as lt_core_main
 from lt_core.config import (ConfigError, ExperimentConfig, apply_overrides, config_from_dict,
                             load_config)
-from lt_core.model_defaults import MODEL_DEFAULTS
+from lt_core.models import MODELS
 from lt_core.validate import check_experiment
 
 NPZ_DATA = {"name": "npz", "path": "/nonexistent/data.npz"}  # config does not read the file
@@ -53,7 +53,7 @@ def test_resnet20_defaults() -> None:
 
 
 def test_user_values_override_defaults_and_keep_the_rest() -> None:
-    before = copy.deepcopy(MODEL_DEFAULTS)
+    before = copy.deepcopy({n: e.defaults for n, e in MODELS.items()})
     raw = base(train={"lr": 0.01, "length": "3ep"},
                pruning={"layer_rates": {"fc1.weight": 0.3}})
     frozen_raw = copy.deepcopy(raw)
@@ -63,16 +63,16 @@ def test_user_values_override_defaults_and_keep_the_rest() -> None:
     assert config.data.name == "npz"  # the user's data section wins over the default mnist
     assert config.pruning.layer_rates == {"output": 0.1, "fc1.weight": 0.3}  # merged, not replaced
     assert raw == frozen_raw  # input not modified
-    assert MODEL_DEFAULTS == before  # defaults not modified
+    assert {n: e.defaults for n, e in MODELS.items()} == before  # defaults not modified
 
 
 def test_empty_mapping_clears_a_default(tmp_path: Path) -> None:
-    before = copy.deepcopy(MODEL_DEFAULTS)
+    before = copy.deepcopy({n: e.defaults for n, e in MODELS.items()})
     assert config_from_dict(base(pruning={"layer_rates": {}})).pruning.layer_rates == {}
     path = write_yaml(tmp_path, base(model={"name": "conv4"}))
     assert load_config(path).pruning.layer_rates == {"conv": 0.1, "output": 0.1}
     assert load_config(path, ["pruning.layer_rates={}"]).pruning.layer_rates == {}
-    assert MODEL_DEFAULTS == before
+    assert {n: e.defaults for n, e in MODELS.items()} == before
 
 
 def test_defaults_follow_the_model() -> None:
@@ -141,11 +141,27 @@ MALFORMED = [
     (base(data={"name": "imagenet"}), ["data.name"]),
     (base(pruning={"rate": 1.5}), ["pruning.rate"]),
     (base(pruning={"scope": "local"}), ["pruning.scope"]),
-    (base(imp={"controls": ["reinit", "bogus"]}), ["imp.controls.1"]),
+    (base(imp={"controls": ["reinit", "bogus"]}),
+     ["imp.controls.1", "unknown control 'bogus'; choose from reinit, random_prune, shuffle"]),
+    (base(imp={"retrain": "rewnd"}),
+     ["imp.retrain", "unknown retrain mode 'rewnd'; choose from rewind, lr_rewind, finetune"]),
+    (base(pruning={"criterion": "grasp"}),
+     ["pruning.criterion", "unknown pruning criterion 'grasp'; choose from magnitude, random, "
+                           "snip, synflow"]),
+    (base(pruning={"structure": "channel"}),
+     ["pruning.structure", "choose from unstructured, filter"]),
+    (base(pruning={"structure": "filter", "scope": "global"}),
+     ["pruning", "structure 'filter' needs scope 'layerwise'"]),
+    (base(pruning={"mode": "at_init"}, imp={"retrain": "lr_rewind"}),
+     ["pruning.mode 'at_init' trains each mask from init", "imp.retrain 'rewind'"]),
+    (base(pruning={"mode": "at_init"}, imp={"rewind": "100it"}), ["imp.rewind 0it"]),
+    (base(pruning={"rounds": 0}), ["pruning.rounds"]),
+    (base(pruning={"score_batches": 0}), ["pruning.score_batches"]),
     (base(imp={"controls": ["reinit", "reinit"]}), ["imp.controls", "twice"]),
     (base(train={"optimizer": "adam", "momentum": 0.9, "nesterov": True}), ["nesterov"]),
     (base(train={"length": "0it"}), ["length must be positive"]),
     (base(pruning={"target_density": 0.1}), ["pruning.target_density", "one_shot"]),
+    (base(pruning={"target_density": 0.1, "mode": "at_init"}), ["imp.levels to 1"]),
     (base(colour="red"), ["colour", "unknown field"]),
     (base(model={"name": ["lenet_300_100"]}), ["model.name"]),
     (base(model={"name": {"a": 1}}), ["model.name"]),

@@ -12,9 +12,9 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from lt_core.config import PruningConfig
-from lt_core.masks import (apply_masks, dense_masks, density, layer_densities, prune,
-                           pruning_plan)
+from lt_core.masks import apply_masks, dense_masks, density, layer_densities, pruning_plan, select
 from lt_core.models.base import PrunableModel
+from lt_core.pruning import CRITERIA, ScoreContext
 
 
 class Tiny(PrunableModel):
@@ -43,6 +43,20 @@ class Small(PrunableModel):
         self.c = nn.Linear(3, 3)
         self.conv = nn.Conv2d(1, 3, 3)
         self.out = nn.Linear(7, 5)
+
+
+def prune(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], plan,
+          exponent: float) -> dict[str, torch.Tensor]:
+    """Magnitude pruning as the engine does it: the registered criterion's scores of these
+    weights (held by a module, as the engine's are), then the selection."""
+    holder, names = nn.Module(), {}
+    for index, (name, weight) in enumerate(weights.items()):
+        holder.register_parameter(f"w{index}", nn.Parameter(weight.clone()))
+        names[f"w{index}"] = name
+    context = ScoreContext(holder, {key: masks[name] for key, name in names.items()}, data=None,
+                           batch_size=0, batches=0, generator=torch.Generator())
+    scores = CRITERIA["magnitude"].scores(context)
+    return select({name: scores[key] for key, name in names.items()}, masks, plan, exponent)
 
 
 def make(cls: type[PrunableModel], seed: int = 0) -> PrunableModel:

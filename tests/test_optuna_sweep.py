@@ -7,6 +7,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from lt_core.rundir import level_dir
 from sweeps.runner import make_searcher
 from sweeps.study import load_study
 from tests.sweep_helpers import QUICKSTART, metric_steps, run_cli, small_sweep_args, sweep_runs
@@ -66,5 +67,5 @@ def test_two_objective_optuna_sweep_with_breakdown_stopping_and_refinement(
         sparsity = {m.step: m.value for m in __import__("mlflow").MlflowClient(uri)
                     .get_metric_history(run.info.run_id, "sparsity")}
         assert sparsity[bracket] <= low < high <= sparsity[bracket + 1]
-        assert (tmp_path / "lt_results" / "quickstart" / "runs" /
-                run.data.tags["ray_trial_id"] / f"level_{bracket:02d}.333").is_dir()
+        run_dir = tmp_path / "lt_results" / "quickstart" / "runs" / run.data.tags["ray_trial_id"]
+        assert level_dir(run_dir, bracket, 333).is_dir()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -11,6 +10,9 @@ from pathlib import Path
 
 import torch
 import yaml
+
+from lt_core.rundir import (final_file, level_dir, load_tensors, metrics_file, network_files,
+                            read_json)
 
 CONFIG = {
     "model": {"name": "lenet_300_100"},
@@ -41,7 +43,7 @@ def _kill_when(config_file: Path, out: Path, marker: Path) -> None:
 def _results(out: Path) -> list[dict]:
     rows = []
     for level in range(3):
-        metrics = json.loads((out / f"level_{level:02d}" / "metrics.json").read_text())
+        metrics = read_json(metrics_file(level_dir(out, level)))
         metrics.pop("train_seconds")
         for control in metrics["controls"].values():
             control.pop("train_seconds")
@@ -50,19 +52,18 @@ def _results(out: Path) -> list[dict]:
 
 
 def test_killed_run_resumes_to_identical_metrics(tmp_path: Path, npz_path: Path) -> None:
-    config_file = tmp_path / "config.yaml"
+    config_file = tmp_path / "experiment.yaml"
     config = {**CONFIG, "data": {**CONFIG["data"], "path": str(npz_path)}}
     config_file.write_text(yaml.safe_dump(config))
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     subprocess.run(_command(config_file, reference), check=True, capture_output=True)
 
     # Killed inside level 1's ticket training, then inside level 2's reinit control.
-    _kill_when(config_file, resumed, resumed / "level_01" / "checkpoint_ticket.pt")
-    assert not (resumed / "level_01" / "metrics.json").exists()
-    _kill_when(config_file, resumed, resumed / "level_02" / "controls" / "reinit" /
-               "checkpoint.pt")
-    assert not (resumed / "level_02" / "metrics.json").exists()
-    level0_written = (resumed / "level_00" / "metrics.json").stat().st_mtime_ns
+    _kill_when(config_file, resumed, network_files(level_dir(resumed, 1), "ticket").checkpoint)
+    assert not metrics_file(level_dir(resumed, 1)).exists()
+    _kill_when(config_file, resumed, network_files(level_dir(resumed, 2), "reinit").checkpoint)
+    assert not metrics_file(level_dir(resumed, 2)).exists()
+    level0_written = metrics_file(level_dir(resumed, 0)).stat().st_mtime_ns
     finished = subprocess.run(_command(config_file, resumed), check=True, capture_output=True,
                               text=True)
     # The rerun skipped finished work and continued the reinit control from its checkpoint:
@@ -70,12 +71,12 @@ def test_killed_run_resumes_to_identical_metrics(tmp_path: Path, npz_path: Path)
     progress = [line for line in finished.stderr.replace("\r", "\n").splitlines() if line]
     assert progress[0].startswith("level  2/2 reinit"), progress[0]
     assert int(progress[0].split(" it ")[1].split("/")[0]) > 50, progress[0]
-    assert (resumed / "level_00" / "metrics.json").stat().st_mtime_ns == level0_written
+    assert metrics_file(level_dir(resumed, 0)).stat().st_mtime_ns == level0_written
 
     assert _results(resumed) == _results(reference)
     for level in range(3):
-        a = torch.load(reference / f"level_{level:02d}" / "final.pt", weights_only=True)
-        b = torch.load(resumed / f"level_{level:02d}" / "final.pt", weights_only=True)
+        a = load_tensors(final_file(level_dir(reference, level)))
+        b = load_tensors(final_file(level_dir(resumed, level)))
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert not list(resumed.rglob("checkpoint*.pt")), "checkpoints of finished work remain"
     assert not list(resumed.rglob(".*.tmp*")), "temporary files remain"

@@ -18,7 +18,7 @@ SHIPPED = sorted((REPO / "search_spaces").glob("*.yaml"))
 def test_the_required_studies_ship() -> None:
     names = {p.stem for p in SHIPPED}
     assert {"quickstart", "lenet_mnist", "conv4_cifar10", "resnet20_cifar10",
-            "vgg19_cifar10"} <= names
+            "vgg19_cifar10", "lenet_mnist_repro", "pruning_methods_mnist"} <= names
 
 
 @pytest.mark.parametrize("space", SHIPPED, ids=lambda p: p.stem)

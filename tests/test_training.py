@@ -15,11 +15,17 @@ from lt_core.config import DataConfig, PruningConfig, TrainConfig
 from lt_core.data import TensorData, load_dataset
 from lt_core.imp import ImpRun
 from lt_core.lr_schedule import lr_schedule
-from lt_core.masks import apply_masks, dense_masks, prune, pruning_plan
+from lt_core.masks import apply_masks, dense_masks, pruning_plan, select
 from lt_core.models import build_model
-from lt_core.rundir import level_dir, read_json
+from lt_core.rundir import (final_file, init_file, level_dir, mask_file, metrics_file,
+                            network_files, read_json, rewind_file)
 from lt_core.steps import Step
 from lt_core.training import steps_per_epoch, total_iterations, train
+
+
+def prune(weights: dict, masks: dict, plan, exponent: float) -> dict:
+    """Magnitude pruning: keep the largest |w| (the selection under the engine's criterion)."""
+    return select({name: weights[name].abs() for name in masks}, masks, plan, exponent)
 
 
 def load_pt(path: Path):
@@ -134,9 +140,9 @@ def test_level_one_starts_from_the_right_weights(retrain: str, tiny_config, tiny
     end = total_iterations(tiny_data, config.train)
     assert (spe, end) == (20, 40)
 
-    init, rewind = load_pt(out / "init.pt"), load_pt(out / "rewind.pt")
-    final0 = load_pt(level_dir(out, 0) / "final.pt")
-    mask = load_pt(level_dir(out, 1) / "mask.pt")
+    init, rewind = load_pt(init_file(out)), load_pt(rewind_file(out))
+    final0 = load_pt(final_file(level_dir(out, 0)))
+    mask = load_pt(mask_file(level_dir(out, 1)))
 
     # rewind.pt is the level-0 network after exactly 20 iterations from init.pt.
     assert any(not torch.equal(init[k], rewind[k]) for k in init)
@@ -170,7 +176,7 @@ def test_level_one_starts_from_the_right_weights(retrain: str, tiny_config, tiny
     else:
         lr_at = schedule
     train(ticket, mask, tiny_data, config.train, seed=config.seed, start=20, end=40, lr_at=lr_at)
-    assert_states_equal(ticket.state_dict(), load_pt(level_dir(out, 1) / "final.pt"))
+    assert_states_equal(ticket.state_dict(), load_pt(final_file(level_dir(out, 1))))
 
 
 # ---- LR schedules ---------------------------------------------------------------------------
@@ -254,20 +260,20 @@ def test_same_seed_same_run_different_seed_different_run(tiny_config, tiny_data:
     for label, seed in (("a", 5), ("b", 5), ("c", 6)):
         config = tiny_config({**changes, "seed": seed})
         ImpRun(config, tmp_path / label, data=tiny_data).run()
-        runs[label] = [_strip_seconds(read_json(level_dir(tmp_path / label, lv) / "metrics.json"))
+        runs[label] = [_strip_seconds(read_json(metrics_file(level_dir(tmp_path / label, lv))))
                        for lv in range(3)]
     assert runs["a"] == runs["b"]
     assert set(runs["a"][2]["controls"]) == {"reinit", "random_prune", "shuffle"}
     for lv in range(3):
         a, b = level_dir(tmp_path / "a", lv), level_dir(tmp_path / "b", lv)
-        assert_states_equal(load_pt(a / "mask.pt"), load_pt(b / "mask.pt"))
-        assert_states_equal(load_pt(a / "final.pt"), load_pt(b / "final.pt"))
+        assert_states_equal(load_pt(mask_file(a)), load_pt(mask_file(b)))
+        assert_states_equal(load_pt(final_file(a)), load_pt(final_file(b)))
         for control in ("reinit", "random_prune", "shuffle") if lv else ():
-            assert_states_equal(load_pt(a / "controls" / control / "final.pt"),
-                                load_pt(b / "controls" / control / "final.pt"))
+            assert_states_equal(load_pt(network_files(a, control).final),
+                                load_pt(network_files(b, control).final))
     assert runs["a"][0]["test_loss"] != runs["c"][0]["test_loss"]
     assert runs["a"][2]["controls"] != runs["c"][2]["controls"]
-    init_a, init_c = load_pt(tmp_path / "a" / "init.pt"), load_pt(tmp_path / "c" / "init.pt")
+    init_a, init_c = load_pt(init_file(tmp_path / "a")), load_pt(init_file(tmp_path / "c"))
     assert not torch.equal(init_a["fc1.weight"], init_c["fc1.weight"])
 
 

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from torch import nn
 
+# open_lth's CIFAR recipe, shared by the ResNets and VGGs (../shared/lth-reference.md).
+CIFAR_SGD = {
+    "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 128,
+    "length": "160ep", "schedule": "multistep", "milestones": ["80ep", "120ep"], "gamma": 0.1,
+}
+
 
 class PrunableModel(nn.Module):
     """A network whose conv and linear weights can be pruned.

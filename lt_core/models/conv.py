@@ -8,6 +8,21 @@ from torch import nn
 from lt_core.models.base import PrunableModel
 
 
+def frankle_defaults(lr: float, length: str, conv_rate: float) -> dict:
+    """Frankle & Carbin 2019: Adam, batch 60; conv layers at conv_rate, fc 20%, output 10%."""
+    return {
+        "data": {"name": "cifar10"},
+        "train": {"optimizer": "adam", "lr": lr, "batch_size": 60, "length": length},
+        "pruning": {"scope": "layerwise", "rate": 0.2,
+                    "layer_rates": {"conv": conv_rate, "output": 0.1}},
+    }
+
+
+CONV2_DEFAULTS = frankle_defaults(2e-4, "20000it", 0.1)
+CONV4_DEFAULTS = frankle_defaults(3e-4, "25000it", 0.1)
+CONV6_DEFAULTS = frankle_defaults(3e-4, "30000it", 0.15)
+
+
 class ConvNet(PrunableModel):
     """Pairs of 3x3 convs (each pair followed by 2x2 max-pool), then FC 256, 256, num_classes."""
 

@@ -7,6 +7,13 @@ from torch import nn
 
 from lt_core.models.base import PrunableModel
 
+# Frankle & Carbin 2019: Adam 1.2e-3, batch 60, 50K iterations, hidden 20% / output 10% per level.
+DEFAULTS = {
+    "data": {"name": "mnist"},
+    "train": {"optimizer": "adam", "lr": 1.2e-3, "batch_size": 60, "length": "50000it"},
+    "pruning": {"scope": "layerwise", "rate": 0.2, "layer_rates": {"output": 0.1}},
+}
+
 
 class LeNet300100(PrunableModel):
     """Flatten, then Linear C*H*W -> 300 -> 100 -> num_classes with ReLU between."""

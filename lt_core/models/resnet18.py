@@ -6,7 +6,10 @@ import torch
 import torchvision
 from torch import nn
 
-from lt_core.models.base import PrunableModel
+from lt_core.models.base import CIFAR_SGD, PrunableModel
+
+DEFAULTS = {"data": {"name": "cifar10"}, "train": CIFAR_SGD,
+            "pruning": {"scope": "global", "rate": 0.2}, "imp": {"rewind": "500it"}}
 
 
 class ResNet18(PrunableModel):

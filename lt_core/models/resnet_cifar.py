@@ -5,7 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lt_core.models.base import PrunableModel
+from lt_core.models.base import CIFAR_SGD, PrunableModel
+
+# open_lth defaults for CIFAR ResNets; rewinding to 500it, as deep nets need (Frankle et al.).
+DEFAULTS = {"data": {"name": "cifar10"}, "train": CIFAR_SGD,
+            "pruning": {"scope": "global", "rate": 0.2}, "imp": {"rewind": "500it"}}
 
 
 class BasicBlock(nn.Module):

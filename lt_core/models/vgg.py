@@ -5,7 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lt_core.models.base import PrunableModel
+from lt_core.models.base import CIFAR_SGD, PrunableModel
+
+# Frankle & Carbin 2019: VGG-19 with SGD 0.1 needs warmup (10K iterations) to find tickets.
+DEFAULTS = {"data": {"name": "cifar10"}, "train": {**CIFAR_SGD, "warmup": "10000it"},
+            "pruning": {"scope": "global", "rate": 0.2}}
 
 POOL = "M"
 # fmt: off
