@@ -7,6 +7,8 @@ decreases to the right (100 -> 1).
 
 from __future__ import annotations
 
+import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -60,11 +62,11 @@ def _percent(values: Sequence[float]) -> list[float]:
     return [100 * float(v) for v in values]
 
 
-def _ticks(percents: list[float]) -> list[float]:
+def _ticks(percents: list[float], most: int = _MAX_TICKS) -> list[float]:
     """The data's densities as ticks (as Frankle & Carbin label theirs), thinned so that
-    neighbouring labels neither overlap nor exceed about ten."""
+    neighbouring labels neither overlap nor exceed about ``most``."""
     points = sorted(set([100.0] + percents), reverse=True)
-    min_ratio = max(1.15, (points[0] / points[-1]) ** (1 / _MAX_TICKS))
+    min_ratio = max(1.15, (points[0] / points[-1]) ** (1 / most))
     kept = [points[0]]
     for point in points[1:]:
         if kept[-1] / point >= min_ratio:
@@ -73,14 +75,14 @@ def _ticks(percents: list[float]) -> list[float]:
 
 
 def _density_axis(ax: Axes, densities: Sequence[float], metric: str = "test_acc",
-                  extent: Sequence[float] = ()) -> None:
+                  extent: Sequence[float] = (), most_ticks: int = _MAX_TICKS) -> None:
     """Log x axis of percent of weights remaining, from 100 down to the sparsest point; ticks at
     the data's densities, ``extent`` only widens the range (marks drawn beyond the data)."""
     percents = [p for p in _percent(densities) if p > 0]
     lowest = min([100.0] + percents + [p for p in _percent(extent) if p > 0])
     ax.set_xscale("log")
     ax.set_xlim(100 * 1.08, lowest / 1.08)  # inverted: sparser to the right
-    ax.xaxis.set_major_locator(FixedLocator(_ticks(percents)))
+    ax.xaxis.set_major_locator(FixedLocator(_ticks(percents, most_ticks)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("weights remaining (%)")
@@ -135,10 +137,11 @@ def _mark_legend(ax: Axes, marks: list[Mark], **legend) -> None:
     ax.legend(handles, labels, **legend)
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, tight: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -209,3 +212,58 @@ def configurations_with_controls(configs: dict[str, dict[str, Series]], path: Pa
     ax.set_title(title)
     _mark_legend(ax, drawn, fontsize="x-small")
     return _save(fig, path)
+
+
+def _short_title(label: str, width: int = 42) -> str:
+    """A configuration label for a small panel: ``pruning.criterion=snip, pruning.mode=at_init``
+    becomes ``criterion=snip, mode=at_init``, wrapped."""
+    parts = [part.strip() for part in label.split(",")]
+    short = ", ".join(part.split("=", 1)[0].rsplit(".", 1)[-1] + "=" + part.split("=", 1)[1]
+                      if "=" in part else part for part in parts)
+    return textwrap.fill(short, width)
+
+
+def configuration_panels(configs: dict[str, dict[str, Series]], dense: dict[str, float],
+                         tolerance_pp: float, path: Path, title: str,
+                         metric: str = "test_acc",
+                         marks: dict[str, dict[str, Mark]] | None = None,
+                         columns: int = 4) -> Path:
+    """One panel per configuration: its ticket and controls (mean ± std over seeds), the dense
+    accuracy with its tolerance band, and each curve's breakdown mark; shared axes."""
+    labels = list(configs)
+    rows = max(1, math.ceil(len(labels) / columns))
+    columns = min(columns, max(1, len(labels)))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), sharex=True,
+                             squeeze=False)
+    marks = marks or {}
+    every = [d for series in configs.values() for one in series.values() for d in one[0]]
+    extent = [d for config in marks.values() for m in config.values() for d in m.densities()]
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    networks = list(dict.fromkeys(name for series in configs.values() for name in series))
+    for index, ax in enumerate(axes.flat):
+        if index >= len(labels):
+            ax.set_visible(False)
+            continue
+        label = labels[index]
+        level = 100 * dense[label]
+        ax.axhspan(level - tolerance_pp, level, color="grey", alpha=0.15)
+        ax.axhline(level, color="black", linestyle=":", linewidth=1)
+        for name, one in configs[label].items():
+            colour = colours[networks.index(name) % len(colours)]
+            _draw(ax, one, name, color=colour, linestyle="-" if name == "ticket" else "--")
+            if name in marks.get(label, {}):
+                _mark(ax, marks[label][name], colour)
+        _density_axis(ax, every, metric, extent, most_ticks=5)
+        ax.set_title(_short_title(label), fontsize="small")
+        if index % columns:
+            ax.set_ylabel("")
+        if index < len(labels) - columns:
+            ax.set_xlabel("")
+    handles = [Line2D([], [], color=colours[i % len(colours)], marker="o", markersize=3,
+                      linestyle="-" if name == "ticket" else "--")
+               for i, name in enumerate(networks)]
+    fig.legend(handles, networks, loc="lower center", ncol=len(networks), fontsize="small",
+               frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.06 / rows, 1, 1))
+    return _save(fig, path, tight=False)

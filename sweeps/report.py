@@ -25,7 +25,8 @@ from lt_core.levels import LevelRecord, networks_in
 from lt_core.metrics import ACCURACY_METRICS, TICKET, metric_name, split_metric_name
 from sweeps.layout import (CONFIG_TAG, METRIC_PARAM, REFINE_PREFIX, ROLE_TAG, SWEEP_TAG,
                            TOLERANCE_PARAM, records_from_history)
-from sweeps.plots import Mark, Series, configurations_with_controls, sweep_overlay
+from sweeps.plots import (Mark, Series, configuration_panels, configurations_with_controls,
+                          sweep_overlay)
 
 DEFAULT_TOLERANCE_PP = 1.0
 DEFAULT_METRIC = "test_acc"
@@ -299,6 +300,20 @@ class Report:
         title = f"{self.experiment}: {self.metric} (mean ± std over seeds)"
         return configurations_with_controls(configs, path, title, dense, self.metric, marks)
 
+    def panels(self, path: Path) -> Path:
+        """One panel per configuration: ticket and controls with their breakdown marks."""
+        configs, marks = {}, {}
+        for config in self.configurations:
+            configs[config.label] = {name: curve for name in self.networks
+                                     if (curve := config.curve(name))[0]}
+            marks[config.label] = {name: mark for name in configs[config.label]
+                                   if (mark := config.mark(name)) is not None}
+        dense = {config.label: config.dense_acc[0] for config in self.configurations}
+        title = (f"{self.experiment}: {self.metric} (mean ± std over seeds), tolerance "
+                 f"{self.tolerance_pp:g} pp")
+        return configuration_panels(configs, dense, self.tolerance_pp, path, title, self.metric,
+                                    marks)
+
     def overlay(self, path: Path) -> Path:
         """One ticket line (mean over seeds) per configuration, with its breakdown mark."""
         configs = {c.label: c.curve()[:2] for c in self.configurations}
@@ -404,4 +419,5 @@ def report_command(experiment: str, tracking_uri: str | None, tolerance: float |
     out_dir = Path(out_dir)
     print(f"wrote {report.write_csv(out_dir / 'breakdown.csv')}")
     print(f"wrote {report.plot(out_dir / 'breakdown.png')}")
+    print(f"wrote {report.panels(out_dir / 'breakdown_panels.png')}")
     return 0

@@ -206,6 +206,7 @@ def log_sweep_summary(client: MlflowClient, run_id: str, report: Report) -> None
         (folder / "breakdown.txt").write_text(report.table() + "\n")
         report.overlay(folder / "plots" / "sweep_overlay.png")
         report.plot(folder / "plots" / "breakdown.png")
+        report.panels(folder / "plots" / "breakdown_panels.png")
         client.log_artifacts(run_id, temp)
 
 

@@ -301,15 +301,18 @@ def test_config_round_trips_the_new_fields(tiny_config) -> None:
 
 
 @pytest.mark.parametrize("mode", ["iterative", "one_shot", "at_init"])
-@pytest.mark.parametrize("structure", ["unstructured", "filter"])
+@pytest.mark.parametrize("structure, scope", [("unstructured", "layerwise"),
+                                              ("unstructured", "global"),
+                                              ("filter", "layerwise")])
 @pytest.mark.parametrize("criterion", ["magnitude", "random", "snip", "synflow"])
-def test_every_criterion_structure_and_mode_through_the_engine(
-        criterion: str, structure: str, mode: str, tiny_config, tiny_data: TensorData,
-        tmp_path: Path) -> None:
-    """Each combination prunes to the planned counts (layerwise, LeNet's output layer at 10% per
-    level, a collapse guard), in whole filters where asked, with controls of the same shape."""
+def test_every_criterion_structure_scope_and_mode_through_the_engine(
+        criterion: str, structure: str, scope: str, mode: str, tiny_config,
+        tiny_data: TensorData, tmp_path: Path) -> None:
+    """Each combination prunes to the planned counts (LeNet's output layer on its own at 10% per
+    level, a collapse guard; in global scope one budget for the hidden layers), in whole filters
+    where asked, with controls of the same shape."""
     config = tiny_config({"pruning": {"criterion": criterion, "structure": structure,
-                                      "mode": mode, "scope": "layerwise", "rate": 0.6,
+                                      "mode": mode, "scope": scope, "rate": 0.6,
                                       "min_layer_density": 0.1, "rounds": 3},
                           "imp": {"levels": 3, "controls": ["reinit", "random_prune",
                                                             "shuffle"]},
@@ -319,17 +322,27 @@ def test_every_criterion_structure_and_mode_through_the_engine(
     previous = None
     for level in (1, 2, 3):
         masks = load_tensors(mask_file(level_dir(tmp_path, level)))
+        shared = 0
         for name, mask in masks.items():
             output = name == "fc3.weight"
             units = mask.reshape(mask.shape[0], -1) if structure == "filter" and not output \
                 else mask.reshape(-1, 1)
             assert bool((units.all(1) | ~units.any(1)).all()), (name, level)
+            floor = math.ceil(0.1 * units.shape[0])
+            kept = int(units.all(1).sum())
+            assert kept >= floor, (name, level)
+            if scope == "global" and not output:
+                shared += kept
+                continue
             rate = 0.1 if output else 0.6
-            expected = max(round(units.shape[0] * (1 - rate) ** level),
-                           math.ceil(0.1 * units.shape[0]))
-            assert int(units.all(1).sum()) == expected, (name, level)
+            assert kept == max(round(units.shape[0] * (1 - rate) ** level), floor), (name, level)
             if mode == "iterative" and previous is not None:
                 assert not bool((mask & ~previous[name]).any())  # pruned stays pruned
+        if scope == "global":
+            # One budget for fc1 and fc2; once it is below their floors (level 3 here), the
+            # guard holds both at their floors.
+            floors = math.ceil(0.1 * 784 * 300) + math.ceil(0.1 * 300 * 100)
+            assert shared == max(round((784 * 300 + 300 * 100) * 0.4**level), floors), level
         previous = masks
         for control in ("reinit", "random_prune", "shuffle"):
             assert rows[level]["controls"][control]["density"] == \

@@ -144,6 +144,8 @@ def test_csv_and_plot(store, tmp_path):
     png = report.plot(tmp_path / "breakdown.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report.overlay(tmp_path / "overlay.png").stat().st_size > 0
+    panels = report.panels(tmp_path / "panels.png")
+    assert panels.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_report_command_prints_and_writes(store, tmp_path, capsys):
@@ -152,6 +154,7 @@ def test_report_command_prints_and_writes(store, tmp_path, capsys):
     assert "pruning.rate=0.4" in printed
     assert f"wrote {tmp_path / 'out' / 'breakdown.csv'}" in printed
     assert (tmp_path / "out" / "breakdown.png").is_file()
+    assert (tmp_path / "out" / "breakdown_panels.png").is_file()
 
 
 def test_sweep_filter(store):
