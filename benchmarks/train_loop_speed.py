@@ -29,11 +29,11 @@ from torch.nn.utils import prune
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from lt_core.config import DataConfig, TrainConfig
+from lt_core.config import DataConfig, PruningConfig, TrainConfig
 from lt_core.data import load_dataset
-from lt_core.masks import dense_masks, prune as magnitude_prune, pruning_plan
-from lt_core.config import PruningConfig
+from lt_core.masks import dense_masks, pruning_plan
 from lt_core.models import build_model
+from lt_core.pruning import ScoreContext, prune
 from lt_core.training import train
 
 DEFAULT_NPZ = Path(__file__).resolve().parents[1].parent / "shared/data/mnist-t10k-split.npz"
@@ -84,7 +84,8 @@ def lt_core_loop(npz: Path, epochs: int, masked: bool) -> float:
     masks = {}
     if masked:
         plan = pruning_plan(model, PruningConfig(scope="layerwise", rate=0.2))
-        masks = magnitude_prune(dict(model.named_parameters()), dense_masks(model), plan, 1)
+        context = ScoreContext(model, dense_masks(model), data, BATCH, 1, torch.Generator())
+        masks = prune("magnitude", context, plan, 0.0, 1.0)
     steps = len(data.train) // BATCH * epochs
     outcome = train(model, masks, data, config, seed=0, start=0, end=steps,
                     lr_at=lambda _: 1.2e-3)

@@ -1,6 +1,5 @@
-"""lt_core: the Iterative Magnitude Pruning engine (pure PyTorch; no Ray, MLflow or Optuna)."""
+"""lt_core: the iterative pruning engine (pure PyTorch; no Ray, MLflow or Optuna).
 
-from lt_core.config import ConfigError, ExperimentConfig, load_config
-from lt_core.imp import ImpRun
-
-__all__ = ["ConfigError", "ExperimentConfig", "ImpRun", "load_config"]
+Importing the package loads nothing heavy: ``lt_core.config``, ``lt_core.imp`` and the rest are
+imported where they are used (the command line answers ``--help`` without torch).
+"""

@@ -8,14 +8,9 @@ import time
 from pathlib import Path
 
 from lt_core.breakdown import BreakdownRule, locate
-from lt_core.config import ConfigError, load_config
-from lt_core.data import DataUnavailable
-from lt_core.imp import ImpRun, RunDirMismatch
+from lt_core.errors import USER_ERRORS, ConfigError
 from lt_core.levels import LevelRecord, networks_in
 from lt_core.metrics import ACCURACY_METRICS, TICKET
-from lt_core.validate import check_experiment
-
-USER_ERRORS = (ConfigError, DataUnavailable, RunDirMismatch)
 
 
 class ProgressBar:
@@ -79,6 +74,10 @@ def add_imp_command(subparsers) -> None:
 
 
 def run_imp_command(args: argparse.Namespace) -> int:
+    from lt_core.config import load_config
+    from lt_core.imp import ImpRun
+    from lt_core.validate import check_experiment
+
     config = load_config(args.config, args.overrides)
     check_experiment(config, args.config)
     if args.tolerance < 0:

@@ -15,15 +15,12 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       ValidationError, model_validator)
 
 from lt_core.controls import CONTROLS
+from lt_core.errors import ConfigError
 from lt_core.masks import STRUCTURES
 from lt_core.models import MODELS
 from lt_core.pruning import CRITERIA
 from lt_core.retrain import RETRAIN_MODES
 from lt_core.steps import Step
-
-
-class ConfigError(ValueError):
-    """A one-line, field-named description of bad input."""
 
 
 def _check_step(text: str) -> str:

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from lt_core.config import ConfigError, DataConfig
+from lt_core.config import DataConfig
+from lt_core.errors import ConfigError, DataUnavailable
 
 # name: (torchvision class name, channel means, channel stds, classes)
 TORCHVISION = {
@@ -29,10 +30,6 @@ SHAPES = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32,
 SIZES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000), "cifar10": (50000, 10000),
          "cifar100": (50000, 10000)}  # (train, test) examples
 _SPLIT = re.compile(r"^(train|test)(?:\[(-?\d*):(-?\d*)\])?$")
-
-
-class DataUnavailable(RuntimeError):
-    """The dataset's files are missing and could not be fetched."""
 
 
 @dataclass

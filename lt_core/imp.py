@@ -36,6 +36,7 @@ from lt_core.breakdown import (BreakdownRule, bracket_candidates, dense_accuracy
 from lt_core.config import ExperimentConfig, config_from_dict
 from lt_core.controls import CONTROLS, ControlInputs
 from lt_core.data import TensorData, load_dataset
+from lt_core.errors import RunDirMismatch
 from lt_core.levels import SUBLEVELS, LevelRecord
 from lt_core.lr_schedule import lr_schedule
 from lt_core.masks import Masks, apply_masks, dense_masks, density, pruning_plan
@@ -51,10 +52,6 @@ from lt_core.training import TrainOutcome, steps_per_epoch, total_iterations, tr
 
 # Called at every evaluation: (level, run name "ticket" or a control, iteration, end, record).
 ProgressFn = Callable[[int, str, int, int, dict], None]
-
-
-class RunDirMismatch(ValueError):
-    """The output directory holds a run with a different config."""
 
 
 def derived_seed(seed: int, *parts: object) -> int:

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from lt_core.cli import USER_ERRORS, add_imp_command, dispatch
 from lt_core.metrics import ACCURACY_METRICS
+from sweeps.errors import ReportUnavailable
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -32,33 +34,72 @@ def validate_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_breakdown(study) -> None:
-    from sweeps.report import build_report
+def _quiet_unless(verbose: bool) -> None:
+    """Before MLflow is imported: its INFO logging off unless --verbose (Ray's is turned off
+    where Ray is started, as it resets its own at import)."""
+    if not verbose:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
 
-    report = build_report(study.tracking_uri, study.experiment, study.breakdown.tolerance,
-                          sweep=study.name, metric=study.breakdown.metric)
+
+def _finish(study, results, logger=None) -> int:
+    """A sweep command's end: the breakdown table (the driver's, or read from MLflow) and the
+    link that opens the MLflow UI on the sweep."""
+    from sweeps.mlflow_view import link_lines
+
+    if logger is not None:
+        # The trials are done: Ray shuts down while the logger writes the sweep's summary.
+        import ray
+
+        ray.shutdown()
+        logger.finish_summary()
+    report, lines = (logger.report, logger.link_lines) if logger is not None else (None, [])
+    if report is None or not lines:
+        from mlflow import MlflowClient
+
+        from sweeps.mlflow_view import ensure_view
+        from sweeps.report import build_report
+        from sweeps.tracking import sweep_networks
+
+        if report is None:
+            report = build_report(study.tracking_uri, study.experiment,
+                                  study.breakdown.tolerance, sweep=study.name,
+                                  metric=study.breakdown.metric)
+        client = MlflowClient(study.tracking_uri)
+        experiment_id = client.get_experiment_by_name(study.experiment).experiment_id
+        key = ensure_view(client, experiment_id, sweep_networks(study), study.breakdown.metric,
+                          study.name)
+        lines = link_lines(study.tracking_uri, experiment_id, key)
+    print()
     print(report.table())
+    print("\n".join(lines))
+    failed = len(results.errors)
+    if failed:
+        print(f"{failed} trial{'s' if failed > 1 else ''} failed (see the lines above); "
+              f"`lt-sweep resume {study.storage_path / study.name}` retries them")
+    return 1 if failed else 0
 
 
 def run_command(args: argparse.Namespace) -> int:
+    _quiet_unless(args.verbose)
     from sweeps.runner import run_sweep
     from sweeps.study import load_study
 
     study = load_study(args.space, args.overrides)
-    results = run_sweep(study, args.address)
-    _print_breakdown(study)
-    return 1 if results.errors else 0
+    results, logger = run_sweep(study, args.address, args.verbose)
+    return _finish(study, results, logger)
 
 
 def resume_command(args: argparse.Namespace) -> int:
+    _quiet_unless(args.verbose)
     from sweeps.runner import resume_sweep
 
-    study, results = resume_sweep(Path(args.results_dir).expanduser().resolve(), args.address)
-    _print_breakdown(study)
-    return 1 if results.errors else 0
+    study, results = resume_sweep(Path(args.results_dir).expanduser().resolve(), args.address,
+                                  args.verbose)
+    return _finish(study, results)
 
 
 def refine_command(args: argparse.Namespace) -> int:
+    _quiet_unless(args.verbose)
     from sweeps.runner import (finished_trials, load_results, parse_refine_args, plan_refinement,
                                refine_sweep)
 
@@ -79,17 +120,22 @@ def refine_command(args: argparse.Namespace) -> int:
         return 0
     print(f"refining {len(plan.todo)} of {len(trials)} trials: {sum(plan.todo.values())} "
           f"networks to train ({steps} points in each bracket of {which})")
-    results = refine_sweep(study, results_dir, {t: trials[t] for t in plan.todo}, steps,
-                           networks, args.address)
-    _print_breakdown(study)
-    return 1 if results.errors else 0
+    results, logger = refine_sweep(study, results_dir, {t: trials[t] for t in plan.todo}, steps,
+                                   networks, args.address, args.verbose)
+    return _finish(study, results, logger)
 
 
 def report_command(args: argparse.Namespace) -> int:
+    _quiet_unless(False)
     from sweeps.report import report_command as write_report
 
     return write_report(args.experiment, args.tracking_uri, args.tolerance,
-                        Path(args.out).expanduser().resolve(), args.metric)
+                        Path(args.out).expanduser().resolve(), args.metric, args.html)
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's, Tune's and MLflow's own output too")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,11 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("space", help="search space YAML")
     _add_overrides(run)
     run.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS or local)")
+    _add_verbose(run)
     run.set_defaults(handler=run_command)
 
     resume = subparsers.add_parser("resume", help="continue an interrupted sweep")
     resume.add_argument("results_dir", help="the sweep's results directory (STORAGE/NAME)")
     resume.add_argument("--address", help="join this Ray cluster")
+    _add_verbose(resume)
     resume.set_defaults(handler=resume_command)
 
     refine = subparsers.add_parser(
@@ -121,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     refine.add_argument("--networks", default="ticket",
                         help="comma-separated: ticket and/or the sweep's controls (default ticket)")
     refine.add_argument("--address", help="join this Ray cluster")
+    _add_verbose(refine)
     refine.set_defaults(handler=refine_command)
 
     report = subparsers.add_parser("report", help="breakdown table from MLflow")
@@ -132,11 +181,26 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--metric", choices=ACCURACY_METRICS, default=None,
                         help="which accuracy locates the breakdown (default: the sweep's)")
     report.add_argument("--out", default=".", help="where breakdown.csv and breakdown.png go")
+    report.add_argument("--html", action="store_true",
+                        help="also write breakdown.html: table, figures and study in one "
+                             "self-contained page")
     report.set_defaults(handler=report_command)
-    from sweeps.report import ReportUnavailable
-
     return dispatch(parser, argv, USER_ERRORS + (ReportUnavailable,))
 
 
+def entry() -> None:
+    """The `lt-sweep` executable: ``main``, then, where a sweep ran, Ray shut down and the
+    process left at once: the interpreter's teardown after a sweep (threads, Ray's and
+    MLflow's exit hooks) took seconds, and the output and MLflow writes are flushed by now."""
+    code = main()
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

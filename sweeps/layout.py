@@ -17,20 +17,28 @@ Written by ``sweeps.tracking`` (the Tune driver), read by ``sweeps.report``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 from lt_core.levels import SUBLEVELS, LevelRecord
 from lt_core.metrics import split_metric_name
 
 SWEEP_TAG = "lt.sweep"
+RUN_NAME_TAG = "mlflow.runName"
 ROLE_TAG = "lt.role"  # "parent" or "trial"
 CONFIG_TAG = "lt.config"
 TRIAL_TAG = "ray_trial_id"
 REFINE_FAILED_TAG = "lt.refine_failed"  # on a trial run: the Tune trial of a refinement that failed
 PARENT_RUN_TAG = "mlflow.parentRunId"
+WORKER_TAG = "lt.worker"  # on a trial run: where it last ran, "HOST (NODE_IP) pid PID"
 TOLERANCE_PARAM = "breakdown.tolerance"
 METRIC_PARAM = "breakdown.metric"
 REFINE_PREFIX = "refine/"
+# The trial process's resources at each reported point, under the prefix of MLflow's own system
+# metrics (the UI's "System metrics" section): cpu_utilization_percentage (of one core),
+# process_memory_megabytes, and with a GPU gpu_0_memory_usage_megabytes and
+# gpu_0_utilization_percentage.
+SYSTEM_PREFIX = "system/"
 _LEVEL_VALUES = ("density", "sparsity")
 
 
@@ -58,11 +66,16 @@ def point_of(key: str, step: int) -> tuple[str, int, int] | None:
 
 
 def point_entries(values: Mapping[str, float]) -> list[tuple[str, int, float]]:
-    """(key, step, value) of the per-level values in a flat record (a Tune result)."""
+    """(key, step, value) of the per-level values in a flat record (a Tune result), and of the
+    trial's system metrics, at the point's step."""
     level, sublevel = int(values["level"]), int(values.get("sublevel", 0) or 0)
-    return [(*point_key_step(name, level, sublevel), float(value))
-            for name, value in values.items()
-            if value is not None and is_point_value(name)]
+    entries = [(*point_key_step(name, level, sublevel), float(value))
+               for name, value in values.items()
+               if value is not None and is_point_value(name)]
+    step = point_key_step("", level, sublevel)[1]
+    entries += [(name, step, float(value)) for name, value in values.items()
+                if name.startswith(SYSTEM_PREFIX) and value is not None]
+    return entries
 
 
 def records_from_history(entries: Iterable[tuple[str, int, float]]) -> list[LevelRecord]:
@@ -76,3 +89,50 @@ def records_from_history(entries: Iterable[tuple[str, int, float]]) -> list[Leve
             points.setdefault((level, sublevel), {"level": level, "sublevel": sublevel})[name] = value
     return [LevelRecord.from_flat(values) for _, values in sorted(points.items())
             if "density" in values]
+
+
+def _compact(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_compact(v) for v in value) + "]"
+    return str(value)
+
+
+def short_keys(keys: Iterable[str]) -> dict[str, str]:
+    """Each swept key by its last dotted part (``pruning.rate`` -> ``rate``), or whole where two
+    keys would share it."""
+    keys = list(keys)
+    last = [key.rsplit(".", 1)[-1] for key in keys]
+    return {key: short if last.count(short) == 1 else key for key, short in zip(keys, last)}
+
+
+def trial_label(swept: Mapping[str, object], keys: Iterable[str] | None = None) -> str:
+    """A trial by its swept values, the seed last: ``rate=0.4 scope=global seed=0`` (the MLflow
+    run name and the console's row). ``keys``: every key the study sweeps, so that names stay
+    unambiguous."""
+    names = short_keys(sorted(keys if keys is not None else swept))
+    ordered = sorted((k for k in swept if k in names and k != "seed"), key=names.get)
+    parts = [f"{names[key]}={_compact(swept[key])}" for key in ordered]
+    if "seed" in swept:
+        parts.append(f"seed={_compact(swept['seed'])}")
+    return " ".join(parts) or "default"
+
+
+def configuration_slug(label: str) -> str:
+    """A configuration label as the last part of an MLflow metric name, which allows letters,
+    digits and ``_ - . / : `` and spaces: ``pruning.rate=0.4, pruning.scope=global`` ->
+    ``rate_0.4 scope_global``."""
+    parts = [part.strip() for part in label.split(",") if part.strip()]
+    short = []
+    for part in parts:
+        key, _, value = part.partition("=")
+        short.append(f"{key.rsplit('.', 1)[-1]}_{value}" if value else key)
+    return re.sub(r"[^\w.\- ]", "_", " ".join(short)) or "default"
+
+
+def tag_filter(tags: Mapping[str, str]) -> str:
+    """An MLflow search filter matching every tag exactly."""
+    def quoted(value: str) -> str:
+        return f'"{value}"' if "'" in value else f"'{value}'"
+    return " and ".join(f"tags.`{key}` = {quoted(str(value))}" for key, value in tags.items())

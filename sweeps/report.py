@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import statistics
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,25 +24,15 @@ from mlflow.entities import Run
 from lt_core.breakdown import Breakdown, BreakdownRule, SeedAggregate, aggregate, locate
 from lt_core.levels import LevelRecord, networks_in
 from lt_core.metrics import ACCURACY_METRICS, TICKET, metric_name, split_metric_name
+from sweeps.errors import ReportUnavailable
 from sweeps.layout import (CONFIG_TAG, METRIC_PARAM, REFINE_PREFIX, ROLE_TAG, SWEEP_TAG,
-                           TOLERANCE_PARAM, records_from_history)
+                           TOLERANCE_PARAM, records_from_history, tag_filter)
 from sweeps.plots import (Mark, Series, configuration_panels, configurations_with_controls,
                           sweep_overlay)
 
 DEFAULT_TOLERANCE_PP = 1.0
 DEFAULT_METRIC = "test_acc"
 LEFT_OUT_STATUSES = ("FAILED", "KILLED")
-
-
-class ReportUnavailable(ValueError):
-    """The experiment or its trial runs are not in the tracking store."""
-
-
-def tag_filter(tags: dict[str, str]) -> str:
-    """An MLflow search filter matching every tag exactly."""
-    def quoted(value: str) -> str:
-        return f'"{value}"' if "'" in value else f"'{value}'"
-    return " and ".join(f"tags.`{key}` = {quoted(str(value))}" for key, value in tags.items())
 
 
 def search_all_runs(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> list[Run]:
@@ -411,13 +402,43 @@ def build_report(tracking_uri: str | None, experiment_name: str,
                   left_out=len(runs) - len(usable))
 
 
+def recorded_studies(tracking_uri: str | None, experiment_name: str,
+                     sweep: str | None = None) -> dict[str, str]:
+    """Sweep name -> the resolved study YAML its parent run keeps (``study_resolved.yaml``)."""
+    client = MlflowClient(tracking_uri or default_tracking_uri())
+    experiment = client.get_experiment_by_name(experiment_name)
+    studies = {}
+    tags = {ROLE_TAG: "parent", **({SWEEP_TAG: sweep} if sweep else {})}
+    for run in search_all_runs(client, experiment.experiment_id, tags):
+        with tempfile.TemporaryDirectory() as temp:
+            try:
+                path = client.download_artifacts(run.info.run_id, "study_resolved.yaml", temp)
+            except Exception:  # noqa: BLE001 - a parent without its study: the page says so
+                continue
+            studies[run.data.tags.get(SWEEP_TAG, run.info.run_id)] = Path(path).read_text()
+    return studies
+
+
 def report_command(experiment: str, tracking_uri: str | None, tolerance: float | None,
-                   out_dir: Path, metric: str | None = None) -> int:
-    """Print the breakdown table and write ``breakdown.csv`` and ``breakdown.png`` to out_dir."""
+                   out_dir: Path, metric: str | None = None, html: bool = False) -> int:
+    """Print the breakdown table and write ``breakdown.csv``, ``breakdown.png`` and
+    ``breakdown_panels.png`` (and with ``html`` a self-contained ``breakdown.html``) to out_dir;
+    end with the link that opens the MLflow UI on the experiment's trial runs."""
+    from sweeps.mlflow_view import ensure_view, link_lines
+
     report = build_report(tracking_uri, experiment, tolerance, metric=metric)
     print(report.table())
     out_dir = Path(out_dir)
     print(f"wrote {report.write_csv(out_dir / 'breakdown.csv')}")
     print(f"wrote {report.plot(out_dir / 'breakdown.png')}")
     print(f"wrote {report.panels(out_dir / 'breakdown_panels.png')}")
+    if html:
+        from sweeps.html_report import write_html
+
+        studies = recorded_studies(report.tracking_uri, experiment)
+        print(f"wrote {write_html(report, studies, out_dir / 'breakdown.html')}")
+    client = MlflowClient(report.tracking_uri)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    key = ensure_view(client, experiment_id, report.networks, report.metric)
+    print("\n".join(link_lines(report.tracking_uri, experiment_id, key)))
     return 0

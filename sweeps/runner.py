@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,14 +25,23 @@ def experiment_dir(study: Study) -> Path:
     return study.storage_path / study.name
 
 
-def start_ray(address: str | None) -> None:
+def start_ray(address: str | None, verbose: bool = False) -> None:
+    """Start a local Ray, or join ``address`` / ``$RAY_ADDRESS``. Unless ``verbose``, the trials'
+    own output stays in Ray's log files (the console shows one line per failed trial)."""
+    # Tune's own CSV/JSON/TensorBoard loggers: every level is in MLflow and the run directory.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     import ray
 
+    if not verbose:
+        from sweeps.console import quiet_libraries
+
+        quiet_libraries()
+    options = {"log_to_driver": verbose, "logging_level": "INFO" if verbose else "ERROR"}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address)
+        ray.init(address=address, **options)
     else:
-        ray.init(include_dashboard=False)
+        ray.init(include_dashboard=False, **options)
 
 
 def make_searcher(study: Study):
@@ -65,28 +75,71 @@ def trainable_for(study: Study, function=imp_trial, **parameters):
                                resources)
 
 
-def _run_config(study: Study, name: str, storage_path: Path):
-    from ray import tune
+class InBackground:
+    """A value made in a background thread while the driver starts Ray (MLflow's import and a new
+    SQLite store take seconds); ``result()`` waits for it and raises what making it raised."""
 
-    from sweeps.tracking import MlflowLevelLogger
+    def __init__(self, make):
+        self._value, self._error = None, None
+        self._thread = threading.Thread(target=self._make, args=(make,), daemon=True)
+        self._thread.start()
+
+    def _make(self, make) -> None:
+        try:
+            self._value = make()
+        except BaseException as error:  # raised again by result(), in the caller's thread
+            self._error = error
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def mlflow_logger(study: Study):
+    """The driver's MLflow logger, connected to the store, the experiment and the sweep's parent
+    run; it logs the sweep's summary in the background for a command that waits for it."""
+    from sweeps.tracking import MlflowLevelLogger  # imports MLflow
+
+    logger = MlflowLevelLogger(study, study.tracking_uri, study.experiment)
+    logger.connect()
+    logger.background_summary = True  # the command waits for it (finish_summary)
+    return logger
+
+
+def console_for(study: Study):
+    """The console view of a sweep (``sweeps.console``)."""
+    from sweeps.console import SweepConsole
+    from sweeps.tracking import sweep_networks
+
+    return SweepConsole(study, sweep_networks(study), study.breakdown.metric)
+
+
+def _run_config(study: Study, name: str, storage_path: Path, callbacks: list,
+                verbose: bool = False):
+    from ray import tune
 
     return tune.RunConfig(
         name=name,
         storage_path=str(storage_path),
         failure_config=tune.FailureConfig(max_failures=study.spec.run.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=[MlflowLevelLogger(study, study.tracking_uri, study.experiment)],
+        callbacks=callbacks,
+        verbose=1 if verbose else 0,  # Tune's own status table only with --verbose
     )
 
 
-def build_tuner(study: Study):
+def build_tuner(study: Study, callbacks: list, verbose: bool = False):
     from ray import tune
 
+    # reuse_actors: the second wave of trials runs in the first wave's warm worker processes.
     tune_config = tune.TuneConfig(search_alg=make_searcher(study),
-                                  num_samples=study.search.num_samples)
+                                  num_samples=study.search.num_samples, reuse_actors=True)
     return tune.Tuner(trainable_for(study), param_space=study.param_space(),
                       tune_config=tune_config,
-                      run_config=_run_config(study, study.name, study.storage_path))
+                      run_config=_run_config(study, study.name, study.storage_path, callbacks,
+                                             verbose))
 
 
 def save_resolved_study(study: Study) -> Path:
@@ -103,10 +156,14 @@ def save_resolved_study(study: Study) -> Path:
     return path
 
 
-def run_sweep(study: Study, address: str | None = None):
-    start_ray(address)
+def run_sweep(study: Study, address: str | None = None, verbose: bool = False):
+    """Run a study; returns (Tune's results, the MLflow logger with the sweep's report)."""
+    opening = InBackground(lambda: mlflow_logger(study))
+    start_ray(address, verbose)
     save_resolved_study(study)
-    return build_tuner(study).fit()
+    logger = opening.result()
+    tuner = build_tuner(study, [logger, console_for(study)], verbose)
+    return tuner.fit(), logger
 
 
 def load_results(results_dir: Path) -> Study:
@@ -120,11 +177,11 @@ def load_results(results_dir: Path) -> Study:
     return load_study(study_file)
 
 
-def resume_sweep(results_dir: Path, address: str | None = None):
+def resume_sweep(results_dir: Path, address: str | None = None, verbose: bool = False):
     from ray import tune
 
     study = load_results(results_dir)
-    start_ray(address)
+    start_ray(address, verbose)
     tuner = tune.Tuner.restore(str(results_dir), trainable=trainable_for(study),
                                resume_unfinished=True, resume_errored=True,
                                param_space=study.param_space())
@@ -199,19 +256,23 @@ def plan_refinement(study: Study, trials: dict[str, dict], steps: int,
 
 
 def refine_sweep(study: Study, results_dir: Path, trials: dict[str, dict], steps: int,
-                 networks: list[str], address: str | None = None):
+                 networks: list[str], address: str | None = None, verbose: bool = False):
     """Train the refinement points of the given trials of a finished sweep as Tune trials (one
-    per sweep trial), logging them to the sweep's trial runs."""
+    per sweep trial), logging them to the sweep's trial runs; returns (Tune's results, the MLflow
+    logger with the sweep's report)."""
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
-    start_ray(address)
+    opening = InBackground(lambda: mlflow_logger(study))
+    start_ray(address, verbose)
     shutil.rmtree(results_dir / REFINE_DIR, ignore_errors=True)  # the previous refine's state
+    logger = opening.result()
     targets = [{"trial_id": trial_id, "swept": swept} for trial_id, swept in trials.items()]
     tuner = tune.Tuner(
         trainable_for(study, refine_trial, steps=steps, networks=networks),
         param_space={REFINE_KEY: tune.grid_search(targets)},
         tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(
             max_concurrent=study.search.max_concurrent or 0)),
-        run_config=_run_config(study, REFINE_DIR, results_dir))
-    return tuner.fit()
+        run_config=_run_config(study, REFINE_DIR, results_dir, [logger, console_for(study)],
+                               verbose))
+    return tuner.fit(), logger

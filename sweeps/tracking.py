@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -18,17 +19,22 @@ from typing import Any, Callable
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run
-from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
+from mlflow.utils.validation import (MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH,
+                                     MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH)
+from PIL import Image
 from ray.tune import Callback
 
 from lt_core.breakdown import BreakdownRule, dense_accuracy, locate, trial_summary
 from lt_core.levels import LevelRecord, networks_in
-from lt_core.metrics import TICKET
+from lt_core.metrics import TICKET, metric_name
 from sweeps.layout import (CONFIG_TAG, METRIC_PARAM, PARENT_RUN_TAG, REFINE_FAILED_TAG, ROLE_TAG,
-                           SWEEP_TAG, TOLERANCE_PARAM, TRIAL_TAG, point_entries, point_of,
-                           records_from_history)
+                           RUN_NAME_TAG, SWEEP_TAG, SYSTEM_PREFIX, TOLERANCE_PARAM, TRIAL_TAG,
+                           WORKER_TAG, configuration_slug, point_entries, point_of,
+                           records_from_history, trial_label)
+from sweeps.mlflow_view import ensure_view, link_lines
 from sweeps.plots import accuracy_vs_density
-from sweeps.report import Report, breakdown_mark, build_report, metric_entries, search_all_runs
+from sweeps.report import (Report, breakdown_cell, breakdown_mark, build_report, metric_entries,
+                           search_all_runs)
 
 logger = logging.getLogger(__name__)
 
@@ -125,14 +131,26 @@ def config_label(swept: dict[str, Any]) -> str:
     return ", ".join(f"{key}={swept[key]}" for key in sorted(swept) if key != "seed")
 
 
+def unique_run_name(client: MlflowClient, experiment_id: str, sweep: str, name: str) -> str:
+    """``name``, or ``name #2``, ``#3``... when another trial of the sweep has it already."""
+    candidate, number = name, 1
+    while find_run(client, experiment_id, {SWEEP_TAG: sweep, RUN_NAME_TAG: candidate}):
+        number += 1
+        candidate = f"{name} #{number}"
+    return candidate
+
+
 def ensure_child_run(client: MlflowClient, experiment_id: str, parent_run_id: str, sweep: str,
-                     trial_id: str, swept: dict[str, Any], params: dict[str, Any]) -> str:
+                     trial_id: str, swept: dict[str, Any], params: dict[str, Any],
+                     swept_keys: list[str] | None = None) -> str:
     """The trial's run, found by its Ray trial id and sweep (a resumed sweep reuses it), else
-    created under the parent; params (the resolved experiment config) are logged once."""
+    created under the parent and named by its swept values and seed (``rate=0.4 scope=global
+    seed=0``); params (the resolved experiment config) are logged once."""
     tags = {TRIAL_TAG: trial_id, SWEEP_TAG: sweep}
     run = find_run(client, experiment_id, tags)
     if run is None:
-        run = client.create_run(experiment_id, run_name=trial_id, tags={
+        name = unique_run_name(client, experiment_id, sweep, trial_label(swept, swept_keys))
+        run = client.create_run(experiment_id, run_name=name, tags={
             **tags, PARENT_RUN_TAG: parent_run_id, ROLE_TAG: "trial",
             CONFIG_TAG: config_label(swept)})
     if not run.data.params:
@@ -144,7 +162,8 @@ def ensure_child_run(client: MlflowClient, experiment_id: str, parent_run_id: st
 def logged_points(client: MlflowClient, run_id: str) -> Logged:
     """Every per-level value already logged to a run (levels and refinement points), read back
     from its metric histories."""
-    keys = [key for key in client.get_run(run_id).data.metrics if point_of(key, 0) is not None]
+    keys = [key for key in client.get_run(run_id).data.metrics
+            if point_of(key, 0) is not None or key.startswith(SYSTEM_PREFIX)]
     return {(key, step): value for key, step, value in metric_entries(client, run_id, keys)}
 
 
@@ -152,16 +171,22 @@ def records_of(logged: Logged) -> list[LevelRecord]:
     return records_from_history((key, step, value) for (key, step), value in logged.items())
 
 
-def log_point(client: MlflowClient, run_id: str, result: dict[str, Any], logged: Logged) -> bool:
+def log_point(client: MlflowClient, run_id: str, result: dict[str, Any], logged: Logged,
+              pending: list | None = None) -> bool:
     """Log the per-level values of one reported point (a level, a control added to one, or a
     refinement point) that are not logged yet; ``logged`` is updated in place. True when
-    anything was logged."""
+    anything was logged. With ``pending``, the write is asynchronous (the Tune driver answers the
+    trial at once) and its future is appended there, to be waited for."""
     new = [(key, step, value) for key, step, value in point_entries(result)
            if (key, step) not in logged]
     if not new:
         return False
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(key, value, now, step) for key, step, value in new])
+    operations = client.log_batch(run_id, metrics=[Metric(key, value, now, step)
+                                                   for key, step, value in new],
+                                  synchronous=pending is None)
+    if pending is not None and operations is not None:
+        pending.append(operations)
     logged.update({(key, step): value for key, step, value in new})
     return True
 
@@ -198,22 +223,77 @@ def finish_trial(client: MlflowClient, run_id: str, logged: Logged, rule: Breakd
     client.set_terminated(run_id, "FINISHED")
 
 
+def sweep_answer(report: Report) -> tuple[dict[str, float], dict[str, str]]:
+    """The sweep's answer as parent-run metrics and tags. Per configuration and network, the
+    breakdown metrics ``breakdown_sparsity_est/<configuration>`` (``_low``, ``_high``,
+    ``_ci_low``, ``_ci_high``, ``censored``; a control's prefixed ``reinit_``...) and a tag
+    ``lt.breakdown/<configuration>`` with the table's cells. Then ``best_breakdown_sparsity_est``
+    and the tag ``lt.best_configuration``: the configuration whose ticket breaks down sparsest
+    (lower bounds count as their bound)."""
+    metrics: dict[str, float] = {}
+    tags: dict[str, str] = {}
+    best: tuple[float, str] | None = None
+    for config in report.configurations:
+        slug = configuration_slug(config.label)
+        cells = []
+        for network in report.networks:
+            summary = config.summary(network)
+            if summary is None:
+                continue
+            values = {"breakdown_sparsity_est": summary.sparsity_est,
+                      "breakdown_sparsity_low": summary.sparsity_low,
+                      "breakdown_sparsity_high": summary.sparsity_high,
+                      "breakdown_sparsity_ci_low": summary.ci and summary.ci[0],
+                      "breakdown_sparsity_ci_high": summary.ci and summary.ci[1],
+                      "censored": float(summary.censored)}
+            metrics.update({f"{metric_name(key, network)}/{slug}": value
+                            for key, value in values.items() if value is not None})
+            cells.append(f"{network} {breakdown_cell(summary)}")
+            if network == TICKET and (best is None or summary.sparsity_est > best[0]):
+                best = (summary.sparsity_est, config.label)
+        tags[f"lt.breakdown/{slug}"] = "; ".join(cells)
+    if best is not None:
+        metrics["best_breakdown_sparsity_est"] = best[0]
+        tags["lt.best_configuration"] = best[1]
+    return metrics, tags
+
+
 def log_sweep_summary(client: MlflowClient, run_id: str, report: Report) -> None:
-    """The breakdown table (CSV and text) and the overlay plots, as parent run artifacts."""
+    """The sweep's answer on its parent run: breakdown metrics and tags per configuration
+    (``sweep_answer``); the table (CSV and text) and plots as artifacts; the panels figure also
+    as an image the runs page shows."""
+    metrics, tags = sweep_answer(report)
+    now = int(time.time() * 1000)
+    entries = [Metric(key, value, now, 0) for key, value in metrics.items()]
+    for start in range(0, len(entries), MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=entries[start:start + MAX_METRICS_PER_BATCH])
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value[:MAX_TAG_VAL_LENGTH])
     with tempfile.TemporaryDirectory() as temp:
         folder = Path(temp)
         report.write_csv(folder / "breakdown.csv")
         (folder / "breakdown.txt").write_text(report.table() + "\n")
         report.overlay(folder / "plots" / "sweep_overlay.png")
         report.plot(folder / "plots" / "breakdown.png")
-        report.panels(folder / "plots" / "breakdown_panels.png")
+        panels = report.panels(folder / "plots" / "breakdown_panels.png")
         client.log_artifacts(run_id, temp)
+        with Image.open(panels) as image:
+            client.log_image(run_id, image.convert("RGB"), key="sweep", step=0)
 
 
 def _study_trial_config(study, params: dict[str, Any]):
     from sweeps.study import trial_config  # the lead's module; imported when first needed
 
     return trial_config(study, params)
+
+
+def sweep_networks(study) -> list[str]:
+    """The ticket and every control the study trains (its base config's, and any it sweeps)."""
+    controls = list(study.base_config().imp.controls)
+    swept = study.space.get("imp.controls")
+    for value in (swept.values or []) if swept is not None else []:
+        controls += [name for name in value if name not in controls]
+    return [TICKET, *dict.fromkeys(controls)]
 
 
 def trial_identity(trial) -> tuple[str, dict[str, Any]]:
@@ -245,6 +325,12 @@ class MlflowLevelLogger(Callback):
         self._parent_run_id: str | None = None
         self._run_ids: dict[str, str] = {}  # Ray trial id -> MLflow run id
         self._logged: dict[str, Logged] = {}  # Ray trial id -> values logged
+        self._pending: dict[str, list] = {}  # Ray trial id -> asynchronous writes in flight
+        self._workers: dict[str, str] = {}  # Ray trial id -> where it runs (WORKER_TAG)
+        self.report: Report | None = None  # the sweep's report, once the experiment ended
+        self.background_summary = False  # set by a caller that waits in finish_summary()
+        self._summary: threading.Thread | None = None
+        self.link_lines: list[str] = []  # the MLflow UI on this sweep, once connected
 
     # Tune pickles its RunConfig (with the callbacks): only the settings travel.
     def __getstate__(self) -> dict[str, Any]:
@@ -255,14 +341,26 @@ class MlflowLevelLogger(Callback):
         self.__dict__.update(state)
         self._forget_connection()
 
+    def _open(self) -> None:
+        client = MlflowClient(self.tracking_uri)
+        self._experiment_id = experiment_id_for(client, self.experiment_name, self.tracking_uri)
+        self._parent_run_id = ensure_parent_run(client, self._experiment_id, self.study)
+        key = ensure_view(client, self._experiment_id, sweep_networks(self.study),
+                          self.rule.metric, self.study.name)
+        self.link_lines = link_lines(self.tracking_uri, self._experiment_id, key)
+        self._client = client
+
     def connect(self) -> MlflowClient:
         """The MLflow client; on first use also the experiment and the sweep's parent run."""
         if self._client is None:
-            client = MlflowClient(self.tracking_uri)
-            self._experiment_id = experiment_id_for(client, self.experiment_name, self.tracking_uri)
-            self._parent_run_id = ensure_parent_run(client, self._experiment_id, self.study)
-            self._client = client
+            self._open()
         return self._client
+
+    def flush(self, trial_id: str | None = None) -> None:
+        """Wait for the asynchronous writes of one trial (or of all)."""
+        for key in [trial_id] if trial_id is not None else list(self._pending):
+            for operations in self._pending.pop(key, []):
+                operations.wait()
 
     @property
     def parent_run_id(self) -> str:
@@ -277,7 +375,8 @@ class MlflowLevelLogger(Callback):
         if reopen_run or trial_id not in self._run_ids:
             params = flatten(self.resolve_config(self.study, swept).model_dump(mode="json"))
             run_id = ensure_child_run(self.connect(), self._experiment_id, self.parent_run_id,
-                                      self.study.name, trial_id, swept, params)
+                                      self.study.name, trial_id, swept, params,
+                                      self.study.swept_keys)
             self._run_ids[trial_id] = run_id
             self._logged[trial_id] = logged_points(self.connect(), run_id)
         return self._run_ids[trial_id]
@@ -297,17 +396,26 @@ class MlflowLevelLogger(Callback):
         if "level" not in result:
             return
         run_id = self.trial_run_id(trial)
-        log_point(self.connect(), run_id, result, self._logged[trial_identity(trial)[0]])
+        trial_id = trial_identity(trial)[0]
+        log_point(self.connect(), run_id, result, self._logged[trial_id],
+                  self._pending.setdefault(trial_id, []))
+        if "pid" in result:  # Tune adds where the trial runs to every result
+            worker = f"{result.get('hostname')} ({result.get('node_ip')}) pid {result['pid']}"
+            if self._workers.get(trial_id) != worker:
+                self.connect().set_tag(run_id, WORKER_TAG, worker)
+                self._workers[trial_id] = worker
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         run_id = self.trial_run_id(trial)
         trial_id, swept = trial_identity(trial)
+        self.flush(trial_id)
         title = f"{self.study.name} {trial_id}: " + ", ".join(
             f"{key}={swept[key]}" for key in sorted(swept))
         finish_trial(self.connect(), run_id, self._logged[trial_id], self.rule, title)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         run_id = self.trial_run_id(trial)
+        self.flush(trial_identity(trial)[0])
         if trial.config.get("_refine"):
             # The sweep's trial itself finished: a failed refinement leaves its run in the report
             # (FINISHED, with what was refined) and says so in a tag.
@@ -317,7 +425,23 @@ class MlflowLevelLogger(Callback):
         self.connect().set_terminated(run_id, "FAILED")
 
     def on_experiment_end(self, trials, **info) -> None:
+        if self.background_summary:
+            # The caller shuts Ray down meanwhile, then waits in finish_summary().
+            self._summary = threading.Thread(target=self._summarise, name="mlflow-summary")
+            self._summary.start()
+        else:
+            self._summarise()
+
+    def finish_summary(self) -> None:
+        """Wait for a summary started in the background."""
+        if self._summary is not None:
+            self._summary.join()
+            self._summary = None
+
+    def _summarise(self) -> None:
+        """The sweep's report, logged to the parent run, which is then FINISHED."""
         client = self.connect()
+        self.flush()
         try:
             report = build_report(self.tracking_uri, self.experiment_name,
                                   self.rule.tolerance_pp, sweep=self.study.name,
@@ -326,4 +450,5 @@ class MlflowLevelLogger(Callback):
             logger.warning("no sweep summary: %s", error)
         else:
             log_sweep_summary(client, self.parent_run_id, report)
+            self.report = report
         client.set_terminated(self.parent_run_id, "FINISHED")

@@ -16,17 +16,24 @@ never reported again.
 
 from __future__ import annotations
 
+import os
+import resource
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
+import torch
 from ray import tune
 
 from lt_core.breakdown import BreakdownRule, levels_below, trial_summary
-from lt_core.imp import ImpRun
+from lt_core.config import ExperimentConfig
+from lt_core.data import TensorData, load_dataset
+from lt_core.imp import ImpRun, resolve_device
 from lt_core.levels import LevelRecord
 from lt_core.rundir import atomic_write_json, metrics_file, read_json
+from sweeps.layout import SYSTEM_PREFIX
 from sweeps.study import Study, trial_config
 
 # Tune's live table shows the first four numeric keys of a result: these lead it.
@@ -87,12 +94,51 @@ def _restore_resume_kit(kit: Path, run_dir: Path) -> set[str]:
     return set(reported["reported"])
 
 
+class ResourceMeter:
+    """This process's use of the machine since the last sample: CPU (percent of one core),
+    resident memory, and the GPU's when training on one."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cpu, self.wall = self._cpu_seconds(), time.monotonic()
+
+    @staticmethod
+    def _cpu_seconds() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    @staticmethod
+    def _resident_megabytes() -> float:
+        try:  # Linux: the current resident set
+            pages = int(Path("/proc/self/statm").read_text().split()[1])
+            return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except (OSError, ValueError, IndexError):  # elsewhere: the peak
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def sample(self) -> dict[str, float]:
+        cpu, wall = self._cpu_seconds(), time.monotonic()
+        values = {f"{SYSTEM_PREFIX}cpu_utilization_percentage":
+                  100 * (cpu - self.cpu) / max(wall - self.wall, 1e-6),
+                  f"{SYSTEM_PREFIX}process_memory_megabytes": self._resident_megabytes()}
+        self.cpu, self.wall = cpu, wall
+        if self.device.type == "cuda":
+            values[f"{SYSTEM_PREFIX}gpu_0_memory_usage_megabytes"] = \
+                torch.cuda.max_memory_allocated(self.device) / 2**20
+            try:
+                values[f"{SYSTEM_PREFIX}gpu_0_utilization_percentage"] = \
+                    float(torch.cuda.utilization(self.device))
+            except Exception:  # noqa: BLE001 - needs the optional pynvml: utilisation is left out
+                pass
+        return values
+
+
 class Reporter:
     """Reports each finished point of a run once, with a checkpoint to continue from."""
 
     def __init__(self, run: ImpRun, rule: BreakdownRule, reported: set[str],
                  refine: tuple[list[str], int] | None = None):
         self.run, self.rule, self.reported, self.refine = run, rule, reported, refine
+        self.meter = ResourceMeter(run.device)
 
     def __call__(self, metrics: dict) -> None:
         self.record(LevelRecord.from_metrics(metrics))
@@ -105,7 +151,8 @@ class Reporter:
         with tempfile.TemporaryDirectory() as folder:
             _write_resume_kit(self.run, Path(folder), self.reported,
                               self.run.files_to_continue(self.rule, self.refine))
-            tune.report(point_result(record, self.run.records(), self.rule, self.run.out),
+            result = point_result(record, self.run.records(), self.rule, self.run.out)
+            tune.report({**result, **self.meter.sample()},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
     def each(self, points: Iterable[dict]) -> None:
@@ -119,6 +166,19 @@ class Reporter:
             self.record(record)
 
 
+_DATASETS: dict[str, TensorData] = {}  # this worker's last dataset: reused actors reuse it
+
+
+def _dataset(config: ExperimentConfig) -> TensorData:
+    """The experiment's data, loaded once per worker process (Tune reuses actors between trials;
+    training never modifies the tensors)."""
+    key = f"{config.data.model_dump_json()} {config.device}"
+    if key not in _DATASETS:
+        _DATASETS.clear()
+        _DATASETS[key] = load_dataset(config.data, resolve_device(config.device))
+    return _DATASETS[key]
+
+
 def _start(study: Study, swept: dict, trial_id: str,
            refine: tuple[list[str], int] | None) -> tuple[ImpRun, Reporter]:
     run_dir = run_directory(study, trial_id)
@@ -127,7 +187,8 @@ def _start(study: Study, swept: dict, trial_id: str,
     if checkpoint is not None:
         with checkpoint.as_directory() as kit:
             reported = _restore_resume_kit(Path(kit), run_dir)
-    run = ImpRun(trial_config(study, swept), run_dir)
+    config = trial_config(study, swept)
+    run = ImpRun(config, run_dir, data=_dataset(config))
     return run, Reporter(run, study.breakdown.rule, reported, refine)
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,3 +54,24 @@ def metric_steps(tracking_uri: str, run_id: str, key: str) -> list[int]:
 
     return sorted(m.step for m in mlflow.MlflowClient(tracking_uri).get_metric_history(run_id,
                                                                                          key))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout: float) -> None:
+    """Until ``url`` answers 200 (a server starting), or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer within {timeout:g} s")
+        time.sleep(0.3)

@@ -36,7 +36,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from sweeps.layout import CONFIG_TAG, ROLE_TAG
+from sweeps.layout import CONFIG_TAG, ROLE_TAG, WORKER_TAG
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = REPO / "ray_cluster.yaml"
@@ -277,14 +277,10 @@ def sweep_runs(client: MlflowClient, experiment_name: str):
     return parent, trials
 
 
-def trial_pids(results: Path) -> list[int]:
-    """The worker process of each trial, from Tune's result.json files."""
-    pids = []
-    for result_file in sorted(results.glob("*/result.json")):
-        rows = [json.loads(line) for line in result_file.read_text().splitlines() if line]
-        assert rows and len({row["pid"] for row in rows}) == 1, result_file
-        pids.append(rows[0]["pid"])
-    return pids
+def trial_pids(client: MlflowClient, experiment: str) -> list[int]:
+    """The worker process of each trial, from the trial runs' ``lt.worker`` tags."""
+    _, trials = sweep_runs(client, experiment)
+    return [int(run.data.tags[WORKER_TAG].rsplit(" pid ", 1)[1]) for run in trials]
 
 
 def node_of(pid: int, node_dirs: dict[str, Path]) -> list[str]:
@@ -423,8 +419,7 @@ def test_sweep_on_two_node_ray_cluster(ray_cluster, mlflow_server, npz_path: Pat
         env, "sweep.log", timeout=240, cwd=tmp_path)
     assert code == 0, out[-6000:]
 
-    sweep_runs(MlflowClient(mlflow_server.url), "quickstart_cluster")
-    pids = trial_pids(results / "quickstart_cluster")
+    pids = trial_pids(MlflowClient(mlflow_server.url), "quickstart_cluster")
     assert len(pids) == 2, pids
     nodes = [node_of(pid, ray_cluster.node_dirs) for pid in pids]
     assert sorted(nodes) == [["head"], ["worker"]], f"trial pids {pids} ran on {nodes}"

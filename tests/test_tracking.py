@@ -5,6 +5,7 @@ summaries at trial and sweep end."""
 from __future__ import annotations
 
 import pickle
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -44,7 +45,8 @@ def make_study(tmp_path: Path, name: str = "lenet-rate",
     source = tmp_path / "study.yaml"
     source.write_text(f"name: {name}\n")
     return SimpleNamespace(name=name, raw=raw, source_path=source,
-                           swept_keys=["pruning.rate", "seed"],
+                           swept_keys=["pruning.rate", "seed"], space={},
+                           base_config=partial(resolve_config, None, {"imp.controls": ["reinit"]}),
                            breakdown=Breakdown(tolerance=1.0, metric=metric))
 
 
@@ -131,7 +133,7 @@ def test_child_run_is_reused_by_trial_id_and_sweep(experiment):
     assert len(runs) == 2
     tags = client.get_run(run_id).data.tags
     assert tags["mlflow.parentRunId"] == "parent-id" and tags["lt.role"] == "trial"
-    assert tags["lt.config"] == "pruning.rate=0.2" and tags["mlflow.runName"] == "t1"
+    assert tags["lt.config"] == "pruning.rate=0.2" and tags["mlflow.runName"] == "rate=0.2 seed=1"
 
 
 def test_each_value_of_each_point_is_logged_once(experiment):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 
 from lt_core.models.base import CIFAR_SGD, PrunableModel
@@ -18,6 +17,8 @@ class ResNet18(PrunableModel):
     output_layer = "net.fc"
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int) -> None:
+        import torchvision  # here, not at the top: every other model (and sweep) starts 1 s faster
+
         super().__init__()
         self.net = torchvision.models.resnet18(num_classes=num_classes)
         self.net.conv1 = nn.Conv2d(input_shape[0], 64, 3, stride=1, padding=1, bias=False)

@@ -1,0 +1,7 @@
+"""The sweep layer's bad input, importable without MLflow or Ray (see lt_core.errors)."""
+
+from __future__ import annotations
+
+
+class ReportUnavailable(ValueError):
+    """The experiment or its trial runs are not in the tracking store."""
