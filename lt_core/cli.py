@@ -76,7 +76,8 @@ def add_imp_command(subparsers) -> None:
 def run_imp_command(args: argparse.Namespace) -> int:
     from lt_core.config import load_config
     from lt_core.imp import ImpRun
-    from lt_core.validate import check_experiment
+    from lt_core.paths import check_writable_dir
+    from lt_core.validate import check_device, check_experiment
 
     config = load_config(args.config, args.overrides)
     check_experiment(config, args.config)
@@ -84,6 +85,8 @@ def run_imp_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"--tolerance: {args.tolerance:g} is negative")
     rule = BreakdownRule(args.tolerance, args.metric)
     out = Path(args.out).expanduser().resolve()
+    check_writable_dir(out, "--out")
+    check_device(config.device, f"{args.config}: device")
     run = ImpRun(config, out, progress=ProgressBar(config.imp.levels))
     started = time.perf_counter()
     for level in run.levels:

@@ -153,7 +153,8 @@ class ExperimentConfig(_Strict):
     pruning: PruningConfig = PruningConfig()
     imp: ImpConfig = ImpConfig()
     seed: int = 0
-    device: str = "auto"  # "auto" = cuda if available, else cpu
+    # "auto" = cuda if available, else cpu
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     threads: int | None = Field(None, ge=1)  # torch intra-op threads (None: torch's default)
 
     @model_validator(mode="after")

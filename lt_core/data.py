@@ -8,6 +8,7 @@ file lock so parallel trials do not fetch at once. ``npz`` reads a local file in
 from __future__ import annotations
 
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,19 +65,77 @@ def _resolve(path: str) -> Path:
     return Path(path).expanduser().resolve()
 
 
+KERAS_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
 def _read_npz(path: str) -> dict[str, np.ndarray]:
+    """The four arrays of a Keras-layout npz, checked: uint8 images of one shape, integer labels
+    as long as the images, classes 0..K-1. ConfigError (``data.path: FILE: reason``) otherwise."""
     file = _resolve(path)
-    if not file.is_file():
+    if not file.exists():
         raise ConfigError(f"data.path: {file} does not exist")
-    with np.load(file) as archive:
-        missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
-        if missing:
-            raise ConfigError(f"data.path: {file} lacks {sorted(missing)} (Keras npz layout)")
-        arrays = {key: archive[key] for key in ("x_train", "y_train", "x_test", "y_test")}
-    for key in ("x_train", "x_test"):
-        if arrays[key].dtype != np.uint8 or arrays[key].ndim not in (3, 4):
-            raise ConfigError(f"data.path: {file}: {key} must be uint8 images N x H x W (x C)")
+    if not file.is_file():
+        raise ConfigError(f"data.path: {file} is not a file")
+    try:
+        archive = np.load(file, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ConfigError(f"data.path: {file} holds one array, not an npz archive of "
+                              f"{', '.join(KERAS_KEYS)}")
+        with archive:
+            missing = set(KERAS_KEYS) - set(archive.files)
+            if missing:
+                raise ConfigError(f"data.path: {file} lacks {sorted(missing)} (Keras npz "
+                                  f"layout: {', '.join(KERAS_KEYS)})")
+            arrays = {key: archive[key] for key in KERAS_KEYS}
+    except ConfigError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # truncated, pickled...
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"data.path: {file} is not a readable npz archive ({reason})") from None
+    _check_arrays(arrays, file)
     return arrays
+
+
+def _check_arrays(arrays: dict[str, np.ndarray], file: Path) -> None:
+    for part in ("train", "test"):
+        x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
+        if x.dtype != np.uint8 or x.ndim not in (3, 4):
+            raise ConfigError(f"data.path: {file}: x_{part} must be uint8 images N x H x W (x C),"
+                              f" not {x.dtype} of shape {x.shape}")
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise ConfigError(f"data.path: {file}: y_{part} must be a 1-D array of integer class "
+                              f"labels, not {y.dtype} of shape {y.shape}")
+        if len(x) != len(y):
+            raise ConfigError(f"data.path: {file}: x_{part} has {len(x)} images but y_{part} "
+                              f"{len(y)} labels")
+        if len(y) == 0:
+            raise ConfigError(f"data.path: {file}: the {part} arrays are empty")
+        if y.min() < 0:
+            raise ConfigError(f"data.path: {file}: y_{part} has negative labels "
+                              f"({int(y.min())}); classes are 0..K-1")
+    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+        raise ConfigError(f"data.path: {file}: train images are {arrays['x_train'].shape[1:]} but "
+                          f"test images {arrays['x_test'].shape[1:]}")
+
+
+def npz_classes(arrays: dict[str, np.ndarray]) -> int:
+    """K: the largest label in the file + 1."""
+    return int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
+
+
+def _check_classes(arrays: dict[str, np.ndarray], trained: np.ndarray, file: Path,
+                   split: str) -> int:
+    """K (``npz_classes``); every class 0..K-1 must occur in the examples trained on."""
+    classes = npz_classes(arrays)
+    if classes < 2:
+        raise ConfigError(f"data.path: {file}: every label is 0: a classifier needs at least two "
+                          f"classes")
+    absent = np.setdiff1d(np.arange(classes), np.unique(trained))
+    if absent.size:
+        shown = ", ".join(str(int(c)) for c in absent[:5]) + (", ..." if absent.size > 5 else "")
+        raise ConfigError(f"data.path: {file}: classes {shown} of 0..{classes - 1} never occur in "
+                          f"the training split {split!r} (labels must be 0..K-1, each present)")
+    return classes
 
 
 def _read_torchvision(config: DataConfig) -> dict[str, np.ndarray]:
@@ -125,11 +184,14 @@ def dataset_info(config: DataConfig) -> DatasetInfo:
         arrays = _read_npz(config.path)
         x = arrays["x_train"]
         shape = (1, *x.shape[1:3]) if x.ndim == 3 else (x.shape[3], *x.shape[1:3])
-        classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
         totals = {"train": len(arrays["y_train"]), "test": len(arrays["y_test"])}
-    else:
-        shape, classes = SHAPES[config.name], TORCHVISION[config.name][3]
-        totals = dict(zip(("train", "test"), SIZES[config.name]))
+        sizes = _split_sizes(config, totals)
+        source, window = parse_split(config.train_split, "train_split")
+        trained = arrays[f"y_{source}"][window][:sizes[0]]  # the holdout is not trained on
+        classes = _check_classes(arrays, trained, _resolve(config.path), config.train_split)
+        return DatasetInfo(shape, classes, *sizes)
+    shape, classes = SHAPES[config.name], TORCHVISION[config.name][3]
+    totals = dict(zip(("train", "test"), SIZES[config.name]))
     return DatasetInfo(shape, classes, *_split_sizes(config, totals))
 
 
@@ -169,9 +231,7 @@ def load_dataset(config: DataConfig, device: torch.device | str = "cpu") -> Tens
         return Split(x.to(device), y.to(device))
 
     val = split(train_x[n_train:], train_y[n_train:]) if config.val_size else None
-    num_classes = int(max(train_y.max(), test_y.max())) + 1
-    if config.name != "npz":
-        num_classes = TORCHVISION[config.name][3]
+    num_classes = npz_classes(arrays) if config.name == "npz" else TORCHVISION[config.name][3]
     augment = config.augment if config.augment is not None else config.name.startswith("cifar")
     return TensorData(
         train=split(train_x[:n_train], train_y[:n_train]),

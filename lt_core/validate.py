@@ -37,3 +37,15 @@ def _check_schedule(config: ExperimentConfig, train_examples: int, source: str) 
             f"{source}: imp.rewind: {config.imp.rewind!r} ({rewind} iterations) leaves pruned "
             f"levels nothing to train: train.length {config.train.length!r} is {length} "
             f"iterations ({per_epoch} per epoch)")
+
+
+def check_device(device: str, field: str) -> None:
+    """The device a run trains on exists on this machine (``auto`` always does)."""
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError(f"{field}: {device!r} but this machine has "
+                              f"{count or 'no'} CUDA device{'s' if count != 1 else ''}")
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{field}: 'mps' but this machine has no MPS device")

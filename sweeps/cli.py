@@ -85,7 +85,7 @@ def run_command(args: argparse.Namespace) -> int:
     from sweeps.study import load_study
 
     study = load_study(args.space, args.overrides)
-    results, logger = run_sweep(study, args.address, args.verbose)
+    results, logger = run_sweep(study, args.address, args.verbose, args.wait_for_resources)
     return _finish(study, results, logger)
 
 
@@ -94,7 +94,7 @@ def resume_command(args: argparse.Namespace) -> int:
     from sweeps.runner import resume_sweep
 
     study, results = resume_sweep(Path(args.results_dir).expanduser().resolve(), args.address,
-                                  args.verbose)
+                                  args.verbose, args.wait_for_resources)
     return _finish(study, results)
 
 
@@ -121,21 +121,37 @@ def refine_command(args: argparse.Namespace) -> int:
     print(f"refining {len(plan.todo)} of {len(trials)} trials: {sum(plan.todo.values())} "
           f"networks to train ({steps} points in each bracket of {which})")
     results, logger = refine_sweep(study, results_dir, {t: trials[t] for t in plan.todo}, steps,
-                                   networks, args.address, args.verbose)
+                                   networks, args.address, args.verbose,
+                                   args.wait_for_resources)
     return _finish(study, results, logger)
 
 
 def report_command(args: argparse.Namespace) -> int:
+    from lt_core.errors import ConfigError
+    from lt_core.paths import check_writable_dir
+    from sweeps.preflight import check_tracking_uri
+
+    out = Path(args.out).expanduser().resolve()
+    check_writable_dir(out, "--out")
+    if args.tracking_uri is not None:
+        check_tracking_uri(args.tracking_uri, "--tracking-uri", must_exist=True)
+    if args.tolerance is not None and not args.tolerance >= 0:
+        raise ConfigError(f"--tolerance: {args.tolerance:g} is not a non-negative number of "
+                          f"percentage points")
     _quiet_unless(False)
     from sweeps.report import report_command as write_report
 
-    return write_report(args.experiment, args.tracking_uri, args.tolerance,
-                        Path(args.out).expanduser().resolve(), args.metric, args.html)
+    return write_report(args.experiment, args.tracking_uri, args.tolerance, out, args.metric,
+                        args.html)
 
 
 def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    """Options of the commands that start trials (run, resume, refine)."""
     parser.add_argument("--verbose", action="store_true",
                         help="show Ray's, Tune's and MLflow's own output too")
+    parser.add_argument("--wait-for-resources", action="store_true",
+                        help="start even when no node has a trial's CPUs/GPUs yet (a cluster "
+                             "that autoscales to larger nodes)")
 
 
 def main(argv: list[str] | None = None) -> int:

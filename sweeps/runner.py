@@ -36,12 +36,31 @@ def start_ray(address: str | None, verbose: bool = False) -> None:
         from sweeps.console import quiet_libraries
 
         quiet_libraries()
+    if ray.is_initialized():  # joined already, to check the cluster's resources
+        return
     options = {"log_to_driver": verbose, "logging_level": "INFO" if verbose else "ERROR"}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, **options)
     else:
         ray.init(include_dashboard=False, **options)
+
+
+def ensure_resources(study: Study, address: str | None, verbose: bool = False,
+                     wait: bool = False) -> None:
+    """Before anything is started or written: each trial's CPUs and GPUs fit on a node of the
+    cluster (joined here) or of this machine, unless ``wait`` (an autoscaling cluster)."""
+    from sweeps.preflight import check_resources, cluster_nodes, local_node
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        start_ray(address, verbose)  # joining a cluster starts nothing
+        nodes, where = cluster_nodes(), f"the Ray cluster at {address}"
+    else:
+        nodes, where = [local_node()], "this machine (a local Ray)"
+    if not wait:
+        check_resources(study.resources.cpu, study.resources.gpu, nodes, where,
+                        str(study.source_path), cluster=bool(address))
 
 
 def make_searcher(study: Study):
@@ -156,8 +175,10 @@ def save_resolved_study(study: Study) -> Path:
     return path
 
 
-def run_sweep(study: Study, address: str | None = None, verbose: bool = False):
+def run_sweep(study: Study, address: str | None = None, verbose: bool = False,
+              wait_for_resources: bool = False):
     """Run a study; returns (Tune's results, the MLflow logger with the sweep's report)."""
+    ensure_resources(study, address, verbose, wait_for_resources)
     opening = InBackground(lambda: mlflow_logger(study))
     start_ray(address, verbose)
     save_resolved_study(study)
@@ -177,10 +198,12 @@ def load_results(results_dir: Path) -> Study:
     return load_study(study_file)
 
 
-def resume_sweep(results_dir: Path, address: str | None = None, verbose: bool = False):
+def resume_sweep(results_dir: Path, address: str | None = None, verbose: bool = False,
+                 wait_for_resources: bool = False):
     from ray import tune
 
     study = load_results(results_dir)
+    ensure_resources(study, address, verbose, wait_for_resources)
     start_ray(address, verbose)
     tuner = tune.Tuner.restore(str(results_dir), trainable=trainable_for(study),
                                resume_unfinished=True, resume_errored=True,
@@ -256,13 +279,15 @@ def plan_refinement(study: Study, trials: dict[str, dict], steps: int,
 
 
 def refine_sweep(study: Study, results_dir: Path, trials: dict[str, dict], steps: int,
-                 networks: list[str], address: str | None = None, verbose: bool = False):
+                 networks: list[str], address: str | None = None, verbose: bool = False,
+                 wait_for_resources: bool = False):
     """Train the refinement points of the given trials of a finished sweep as Tune trials (one
     per sweep trial), logging them to the sweep's trial runs; returns (Tune's results, the MLflow
     logger with the sweep's report)."""
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
+    ensure_resources(study, address, verbose, wait_for_resources)
     opening = InBackground(lambda: mlflow_logger(study))
     start_ray(address, verbose)
     shutil.rmtree(results_dir / REFINE_DIR, ignore_errors=True)  # the previous refine's state

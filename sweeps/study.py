@@ -19,6 +19,7 @@ from lt_core.config import (ConfigError, ExperimentConfig, apply_overrides, conf
                             format_validation_error, parse_override, read_yaml, set_dotted)
 from lt_core.breakdown import BreakdownRule
 from lt_core.metrics import ACCURACY_METRICS, TICKET
+from lt_core.paths import check_writable_dir
 from lt_core.validate import check_experiment
 
 MAX_CHECKED_COMBINATIONS = 2000
@@ -223,7 +224,19 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> Study:
         raise ConfigError(format_validation_error(err, str(path))) from None
     study = Study(spec, path.resolve(), raw)
     _check_experiments(study)
+    _check_destinations(study)
     return study
+
+
+def _check_destinations(study: Study) -> None:
+    """Where the sweep will write: its results folder and its MLflow store (a server must
+    answer)."""
+    from sweeps.preflight import check_tracking_uri
+
+    source = str(study.source_path)
+    check_writable_dir(study.storage_path, f"{source}: run.storage_path")
+    default = "" if study.spec.tracking.uri else " (default)"
+    check_tracking_uri(study.tracking_uri, f"{source}: tracking.uri{default}")
 
 
 DIMENSION_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -264,6 +277,9 @@ def _check_experiments(study: Study) -> None:
         raise ConfigError(str(err).replace(f"{source}: ", f"{source}: base.", 1)) from None
     check_networks(study.breakdown.refine_networks, base.imp.controls,
                    f"{source}: breakdown.refine_networks")
+    if base.device.startswith("cuda") and study.resources.gpu == 0:
+        raise ConfigError(f"{source}: base.device: {base.device!r} but resources.gpu is 0: the "
+                          f"trials would get no GPU (set resources.gpu, or device auto/cpu)")
     if "test_acc" in study.search.objective and (
             study.breakdown.refine or base.imp.control_levels == "breakdown"):
         raise ConfigError(f"{source}: search.objective: 'test_acc' is read from a trial's last "

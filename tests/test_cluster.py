@@ -412,7 +412,19 @@ def test_sweep_on_two_node_ray_cluster(ray_cluster, mlflow_server, npz_path: Pat
     assert code == 0, out[-4000:]
     assert json.loads(out.strip().splitlines()[-1]) == [1.0, 1.0], out[-2000:]
 
+    # A trial asking for more CPUs than any node has is refused before anything starts, with
+    # how to wait for an autoscaler instead.
     results = tmp_path / "results"
+    code, out = processes.run(
+        [*sweep_args(npz_path, "name=too_big", "resources.cpu=2",
+                     f"tracking.uri={mlflow_server.url}", f"run.storage_path={results}"),
+         "--address", ray_cluster.address], env, "too_big.log", timeout=120, cwd=tmp_path)
+    assert code == 2, out[-3000:]
+    assert re.search(r"error: .*: resources\.cpu: each trial asks for 2 CPUs, but the largest "
+                     r"node of the Ray cluster at .* has 1; .*--wait-for-resources", out), out
+    assert not results.exists()
+    assert MlflowClient(mlflow_server.url).get_experiment_by_name("too_big") is None
+
     code, out = processes.run(
         [*sweep_args(npz_path, "name=quickstart_cluster", f"tracking.uri={mlflow_server.url}",
                      f"run.storage_path={results}"), "--address", ray_cluster.address],
