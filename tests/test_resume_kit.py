@@ -32,7 +32,8 @@ def _comparable(records: list[LevelRecord]) -> list[tuple]:
 
 
 @pytest.mark.parametrize("retrain, mode", [("rewind", "iterative"), ("lr_rewind", "iterative"),
-                                           ("finetune", "one_shot")])
+                                           ("finetune", "one_shot"), ("rewind", "one_shot"),
+                                           ("rewind", "at_init")])
 def test_every_phase_continues_on_a_new_node_from_the_kit(tiny_config, tiny_data, tmp_path: Path,
                                                           retrain: str, mode: str) -> None:
     config = _config(tiny_config, retrain, mode)
