@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.nn.utils import prune
+from torch.nn.utils import prune as torch_prune
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
@@ -62,7 +62,7 @@ def conventional(npz: Path, epochs: int) -> float:
     torch.manual_seed(0)
     model = build_model("lenet_300_100", (1, 28, 28), 10)
     for name in ("fc1", "fc2", "fc3"):
-        prune.l1_unstructured(model.get_submodule(name), "weight", amount=0.2)
+        torch_prune.l1_unstructured(model.get_submodule(name), "weight", amount=0.2)
     optimizer = torch.optim.Adam(model.parameters(), lr=1.2e-3)
     samples, start = 0, time.perf_counter()
     for _ in range(epochs):

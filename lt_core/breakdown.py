@@ -5,7 +5,8 @@ report and the plots all use it.
 
 **Rule** (``BreakdownRule``). A point is *within* when its accuracy under ``metric`` is at least
 the dense network's accuracy, minus ``tolerance_pp`` percentage points. The dense accuracy is the
-ticket's at level 0, under the same metric. A NaN accuracy (a diverged network) is below.
+ticket's at level 0, under the same metric. A diverged network (its training loss became NaN/inf)
+is below, whatever it measured: its accuracy counts as NaN (``LevelRecord.accuracy``).
 
 **One network of one experiment** (``locate``). Walk its points from dense to sparse. A control's
 walk starts from the same dense network.
@@ -20,6 +21,10 @@ walk starts from the same dense network.
   - ``not reached``: no point fell below. This is censored: the breakdown is more than the
     deepest sparsity trained. ``low`` is that point, there is no ``high``, and the estimate is
     ``low``.
+  - ``diverged``: the first point below is one where the network diverged: it diverged before
+    it broke down (bracket and estimate as for ``broken``). ``divergence`` gives that point (or
+    the dense network, when it diverged: then there is no breakdown at all); the report shows
+    it instead of a breakdown.
 
 **Over the seeds of a configuration** (``aggregate``). Report the estimates' mean and a 95%
 Student-t interval. Both are computed on log-density and reported as sparsities: levels are
@@ -42,7 +47,8 @@ from typing import Iterable, Mapping
 from lt_core.levels import SUBLEVELS, LevelRecord, networks_in
 from lt_core.metrics import ACCURACY_METRICS, TICKET, metric_name
 
-BROKEN, AT_FIRST_LEVEL, NOT_REACHED = "broken", "at first level", "not reached"
+BROKEN, AT_FIRST_LEVEL, NOT_REACHED, DIVERGED = ("broken", "at first level", "not reached",
+                                                 "diverged")
 # Accuracies are ratios of counts: a point exactly at the threshold must not fail by rounding.
 _EPSILON = 1e-9
 
@@ -72,7 +78,8 @@ class Point:
 
     position: float
     density: float
-    accuracy: float
+    accuracy: float  # NaN when diverged
+    diverged: bool = False
 
     @property
     def sparsity(self) -> float:
@@ -98,9 +105,11 @@ def curve(records: Iterable[LevelRecord], network: str, metric: str) -> list[Poi
     points = []
     for record in records:
         dense = record.level == 0 and record.sublevel == 0
-        accuracy = record.value(TICKET if dense else network, metric)
+        trained = TICKET if dense else network
+        accuracy = record.accuracy(trained, metric)
         if accuracy is not None:
-            points.append(Point(record.position, record.density, accuracy))
+            points.append(Point(record.position, record.density, accuracy,
+                                record.diverged(trained)))
     return sorted(points, key=lambda p: (-p.density, p.position))
 
 
@@ -109,7 +118,7 @@ class Breakdown:
     """One network's breakdown in one experiment."""
 
     network: str
-    status: str  # BROKEN, AT_FIRST_LEVEL or NOT_REACHED
+    status: str  # BROKEN, AT_FIRST_LEVEL, NOT_REACHED or DIVERGED
     threshold: float  # accuracy (fraction): dense - tolerance
     low: Point  # last point within (with every denser point within)
     high: Point | None  # first point below; None when not reached
@@ -119,6 +128,10 @@ class Breakdown:
     @property
     def censored(self) -> bool:
         return self.status == NOT_REACHED
+
+    @property
+    def diverged(self) -> bool:
+        return self.status == DIVERGED
 
     @property
     def sparsity_low(self) -> float:
@@ -138,7 +151,8 @@ class Breakdown:
         values = {"breakdown_sparsity": self.sparsity_low,
                   "breakdown_sparsity_low": self.sparsity_low,
                   "breakdown_sparsity_est": self.sparsity_est,
-                  "breakdown_censored": float(self.censored)}
+                  "breakdown_censored": float(self.censored),
+                  "breakdown_diverged": float(self.diverged)}
         if self.high is not None:
             values["breakdown_sparsity_high"] = self.high.sparsity
         return values
@@ -146,21 +160,37 @@ class Breakdown:
 
 def locate(records: Iterable[LevelRecord], network: str, rule: BreakdownRule) -> Breakdown | None:
     """The network's bracket, estimate and status; None when it has no pruned point yet, or when
-    the dense network has no finite accuracy to measure from."""
+    the dense network has no finite accuracy to measure from (it diverged)."""
     records = list(records)
     dense = dense_accuracy(records, rule.metric)
     points = curve(records, network, rule.metric)
-    if len(points) < 2 or not math.isfinite(dense):
+    if len(points) < 2 or not math.isfinite(dense) or points[0].diverged:
         return None
     threshold = rule.threshold(dense)
     low = points[0]
     for point in points[1:]:
         if not rule.within(point.accuracy, threshold):
-            status = AT_FIRST_LEVEL if low.position == 0 else BROKEN
+            status = (DIVERGED if point.diverged else AT_FIRST_LEVEL if low.position == 0
+                      else BROKEN)
             return Breakdown(network, status, threshold, low, point,
                              crossing_density(low, point, threshold), tuple(points))
         low = point
     return Breakdown(network, NOT_REACHED, threshold, low, None, low.density, tuple(points))
+
+
+def divergence(records: Iterable[LevelRecord], network: str,
+               rule: BreakdownRule) -> Point | None:
+    """The point where the network diverged before it broke down: the dense network's when it
+    diverged (the ticket's, or a control's that has pruned points), else the first point below
+    tolerance when it diverged there; None when it broke down first, or neither yet."""
+    records = list(records)
+    points = curve(records, network, rule.metric)
+    if not points or (network != TICKET and len(points) < 2):
+        return None
+    if points[0].diverged:
+        return points[0]
+    found = locate(records, network, rule)
+    return found.high if found is not None and found.diverged else None
 
 
 def crossing_density(low: Point, high: Point, threshold: float) -> float:
@@ -195,7 +225,7 @@ def levels_below(records: Iterable[LevelRecord], rule: BreakdownRule) -> int:
     threshold = rule.threshold(dense_accuracy(records, rule.metric))
     count = 0
     for record in sorted((r for r in records if r.level >= 1), key=lambda r: -r.level):
-        if rule.within(record.value(TICKET, rule.metric), threshold):
+        if rule.within(record.accuracy(TICKET, rule.metric), threshold):
             break
         count += 1
     return count

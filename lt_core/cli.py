@@ -7,10 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from lt_core.breakdown import BreakdownRule, locate
+from lt_core.breakdown import BreakdownRule, divergence, locate
 from lt_core.errors import USER_ERRORS, ConfigError
 from lt_core.levels import LevelRecord, networks_in
-from lt_core.metrics import ACCURACY_METRICS, TICKET
+from lt_core.metrics import ACCURACY_METRICS, STATUS_DIVERGED, STATUS_KEY, TICKET
 
 
 class ProgressBar:
@@ -24,14 +24,15 @@ class ProgressBar:
         line = (f"\rlevel {level:2d}/{self.levels} {name:<12} [{'#' * done}{'.' * (self.width - done)}]"
                 f" it {iteration}/{end}  test acc {100 * record['test_acc']:.2f}%")
         self.stream.write(line)
-        if iteration >= end:
-            self.stream.write("\n")
+        if iteration >= end or record.get(STATUS_KEY) == STATUS_DIVERGED:
+            self.stream.write(" diverged\n" if iteration < end else "\n")
         self.stream.flush()
 
 
 def level_table(records: list[LevelRecord], controls: list[str],
                 metric: str = "test_acc") -> str:
-    """Per level and refinement point (e.g. 7.250), each network's accuracy under ``metric``."""
+    """Per level and refinement point (e.g. 7.250), each network's accuracy under ``metric``
+    (``diverged`` where its training loss became NaN/inf)."""
     header = ["level", "density", TICKET] + controls
     lines = ["  ".join(f"{h:>12}" for h in header)]
     for record in records:
@@ -39,16 +40,24 @@ def level_table(records: list[LevelRecord], controls: list[str],
         cells = [f"{position:>12}", f"{100 * record.density:>11.2f}%"]
         for name in [TICKET, *controls]:
             value = record.value(name, metric)
-            cells.append(f"{100 * value:>11.2f}%" if value is not None else f"{'-':>12}")
+            if record.diverged(name):
+                cells.append(f"{STATUS_DIVERGED:>12}")
+            else:
+                cells.append(f"{100 * value:>11.2f}%" if value is not None else f"{'-':>12}")
         lines.append("  ".join(cells))
     return "\n".join(lines)
 
 
 def breakdown_line(records: list[LevelRecord], rule: BreakdownRule) -> str:
-    """Each network's breakdown sparsity: the estimate (bracket), or a lower bound."""
+    """Each network's breakdown sparsity: the estimate (bracket), or a lower bound; or where it
+    diverged before it broke down."""
     parts = []
     for name in networks_in(records):
-        found = locate(records, name, rule)
+        found, diverged = locate(records, name, rule), divergence(records, name, rule)
+        if diverged is not None:
+            parts.append(f"{name} diverged at level {diverged.position:g} (density "
+                         f"{100 * diverged.density:.2f}%)")
+            continue
         if found is None:
             continue
         if found.censored:
@@ -89,8 +98,8 @@ def run_imp_command(args: argparse.Namespace) -> int:
     check_device(config.device, f"{args.config}: device")
     run = ImpRun(config, out, progress=ProgressBar(config.imp.levels))
     started = time.perf_counter()
-    for level in run.levels:
-        run.run_level(level)
+    for _ in run.train_levels():
+        pass
     if config.imp.control_levels == "breakdown":
         for _ in run.measure_controls(rule):
             pass

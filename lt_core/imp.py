@@ -20,6 +20,11 @@ would give level a's mask and s = 1000 level a+1's. Each is retrained exactly as
 
 A level is finished when its ``metrics.json`` exists; everything before it is skipped on restart,
 and unfinished training resumes from its last evaluation checkpoint.
+
+A network whose training loss becomes NaN/inf stops at once and its result says ``status:
+diverged`` (lt_core.training). A diverged ticket ends the pruning: its level is the run's last
+(deeper levels would prune by the magnitudes of weights that blew up), also on restart. A diverged
+control only marks its own result.
 """
 
 from __future__ import annotations
@@ -124,6 +129,13 @@ class ImpRun:
     def finished_levels(self) -> list[int]:
         return [lv for lv in self.levels if metrics_file(level_dir(self.out, lv)).exists()]
 
+    def diverged_level(self) -> int | None:
+        """The grid level whose ticket diverged (the run's last), or None."""
+        for level in self.finished_levels():
+            if LevelRecord.from_metrics(self.level_metrics(level)).diverged(TICKET):
+                return level
+        return None
+
     def level_metrics(self, level: int, sublevel: int = 0) -> dict:
         return read_json(metrics_file(level_dir(self.out, level, sublevel)))
 
@@ -132,7 +144,16 @@ class ImpRun:
         return run_records(self.out)
 
     def run(self) -> list[dict]:
-        return [self.run_level(level) for level in self.levels]
+        return list(self.train_levels())
+
+    def train_levels(self) -> Iterator[dict]:
+        """Each grid level's metrics in turn (training those not finished); the last is the
+        one whose ticket diverged, if one did."""
+        for level in self.levels:
+            metrics = self.run_level(level)
+            yield metrics
+            if LevelRecord.from_metrics(metrics).diverged(TICKET):
+                return
 
     def run_level(self, level: int) -> dict:
         """Train one level's ticket (and its controls, with ``control_levels: all``) unless
@@ -142,6 +163,9 @@ class ImpRun:
             return self.level_metrics(level)
         if level > 0 and not metrics_file(level_dir(self.out, level - 1)).exists():
             raise RuntimeError(f"level {level} needs level {level - 1} to be finished first")
+        if level > 0 and LevelRecord.from_metrics(self.level_metrics(level - 1)).diverged(TICKET):
+            raise RuntimeError(f"level {level}: the ticket diverged at level {level - 1}, "
+                               f"which ends the pruning")
         masks = self._masks_for(level)
         ticket = self._train_network(level, 0, TICKET, self._ticket_start(level), masks)
         metrics = {"level": level, "density": density(masks), "sparsity": 1 - density(masks),
@@ -176,7 +200,7 @@ class ImpRun:
         """Grid level -> within tolerance, for the pruned levels where ``network`` was trained."""
         records = [r for r in self.records() if r.sublevel == 0]
         threshold = rule.threshold(dense_accuracy(records, rule.metric))
-        return {r.level: rule.within(r.value(network, rule.metric), threshold)
+        return {r.level: rule.within(r.accuracy(network, rule.metric), threshold)
                 for r in records if r.level >= 1 and network in r.networks}
 
     # ---- refinement ---------------------------------------------------------------------------
@@ -265,7 +289,7 @@ class ImpRun:
         files = [config_file(self.out), init_file(self.out), rewind_file(self.out)]
         files += [metrics_file(folder) for _, _, folder in point_dirs(self.out)]
         last = max(self.finished_levels(), default=-1)
-        if last < self.config.imp.levels:
+        if last < self.config.imp.levels and self.diverged_level() is None:
             files += self.inputs(last + 1)
         bisecting = self.config.imp.control_levels == "breakdown" and last >= 1
         known = {name: self._measured(name, rule) for name in self.config.imp.controls

@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from lt_core.metrics import TICKET, metric_name, split_metric_name
+from lt_core.metrics import (DIVERGED, STATUS_DIVERGED, STATUS_KEY, TICKET, metric_name,
+                             split_metric_name)
 
 SUBLEVELS = 1000  # refinement points sit at level + sublevel / SUBLEVELS
 
@@ -47,6 +48,15 @@ class LevelRecord:
         found = self.networks.get(network, {}).get(key)
         return None if found is None else float(found)
 
+    def diverged(self, network: str) -> bool:
+        """The network's training loss became NaN/inf here: it stopped at once."""
+        return bool(self.value(network, DIVERGED))
+
+    def accuracy(self, network: str, metric: str) -> float | None:
+        """The network's accuracy under ``metric`` as the breakdown sees it: NaN (below any
+        tolerance) when it diverged, whatever it measured."""
+        return math.nan if self.diverged(network) else self.value(network, metric)
+
     def flat(self) -> dict[str, float]:
         """``level``, ``sublevel``, ``density``, ``sparsity`` and every measurement by its flat
         name (``test_acc``, ``reinit_test_acc``, ...)."""
@@ -71,21 +81,30 @@ class LevelRecord:
     @classmethod
     def from_metrics(cls, metrics: Mapping[str, Any]) -> "LevelRecord":
         """From a level's ``metrics.json``: the ticket's keys at the top (absent when only
-        controls were trained at a refinement point), each control under ``controls``."""
+        controls were trained at a refinement point), each control under ``controls``. A
+        network's ``status`` becomes its ``diverged`` value (1.0 or 0.0; absent in older runs,
+        which never diverged)."""
         networks: dict[str, dict[str, float]] = {}
-        ticket = {k: float(v) for k, v in metrics.items()
-                  if split_metric_name(k) == (TICKET, k) and _number(v)}
+        ticket = _measured(metrics)
         if ticket:
             networks[TICKET] = ticket
         for name, control in metrics.get("controls", {}).items():
-            networks[name] = {k: float(v) for k, v in control.items()
-                              if split_metric_name(k) == (TICKET, k) and _number(v)}
+            networks[name] = _measured(control)
         return cls(level=int(metrics["level"]), sublevel=int(metrics.get("sublevel", 0)),
                    density=float(metrics["density"]), networks=networks)
 
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _measured(network: Mapping[str, Any]) -> dict[str, float]:
+    """One network's measurements in a ``metrics.json`` (a null loss is left out)."""
+    values = {k: float(v) for k, v in network.items()
+              if split_metric_name(k) == (TICKET, k) and _number(v)}
+    if STATUS_KEY in network:
+        values[DIVERGED] = float(network[STATUS_KEY] == STATUS_DIVERGED)
+    return values
 
 
 def sort_records(records: list[LevelRecord]) -> list[LevelRecord]:

@@ -15,15 +15,19 @@ Which accuracy a breakdown is measured by is a choice (``ACCURACY_METRICS``):
 from __future__ import annotations
 
 TICKET = "ticket"
+# 1.0 when the network's training loss became NaN/inf (it stopped there: its level is diverged),
+# else 0.0. In metrics.json it is the network's STATUS_KEY: STATUS_OK or STATUS_DIVERGED.
+DIVERGED = "diverged"
+STATUS_KEY, STATUS_OK, STATUS_DIVERGED = "status", "ok", "diverged"
 NETWORK_KEYS = ("test_acc", "best_test_acc", "early_stop_acc", "test_loss", "train_loss",
-                "early_stop_iter", "train_seconds")
+                "early_stop_iter", "train_seconds", DIVERGED)
 ACCURACY_METRICS = ("test_acc", "early_stop_acc", "best_test_acc")
 # Keys of the level itself (every network of a level shares its density).
 POINT_KEYS = ("level", "sublevel", "density", "sparsity")
 # A network's breakdown in one experiment (lt_core.breakdown.Breakdown.values), named per network
 # like its measurements: "breakdown_sparsity_est", "reinit_breakdown_sparsity_est".
 BREAKDOWN_KEYS = ("breakdown_sparsity", "breakdown_sparsity_low", "breakdown_sparsity_high",
-                  "breakdown_sparsity_est", "breakdown_censored")
+                  "breakdown_sparsity_est", "breakdown_censored", "breakdown_diverged")
 
 
 def metric_name(key: str, network: str = TICKET) -> str:

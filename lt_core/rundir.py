@@ -101,7 +101,8 @@ def atomic_write_text(text: str, path: Path) -> None:
 
 
 def atomic_write_json(obj: Any, path: Path) -> None:
-    atomic_write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", path)
+    """Strict JSON: a NaN or infinity is an error (record a value that is not finite as None)."""
+    atomic_write_text(json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n", path)
 
 
 def load_tensors(path: Path, device: torch.device | str = "cpu") -> Any:

@@ -2,10 +2,15 @@
 
 Pruned weights stay exactly zero: their gradients are zeroed before every step, so momentum, Adam
 moments and (coupled) weight decay all see zero and never revive them.
+
+A network whose training loss becomes NaN or infinite has diverged: training stops at that step
+(before its update), the weights are evaluated as they are, and the outcome's status says so.
+Every recorded loss that is not finite is None (JSON null).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +24,7 @@ from lt_core.batches import batch, epoch_plan
 from lt_core.config import TrainConfig
 from lt_core.data import Split, TensorData
 from lt_core.masks import Masks
+from lt_core.metrics import STATUS_DIVERGED, STATUS_KEY, STATUS_OK
 from lt_core.optim import make_optimizer
 from lt_core.rundir import atomic_save, load_tensors
 from lt_core.steps import Step, iterations_per_epoch
@@ -30,12 +36,13 @@ EVAL_CHUNK = 2000
 class TrainOutcome:
     test_acc: float
     best_test_acc: float
-    test_loss: float
-    train_loss: float
+    test_loss: float | None  # None when not finite
+    train_loss: float | None  # None when not finite (always, once diverged)
     early_stop_iter: int
     early_stop_acc: float
     train_seconds: float
-    train_samples: int
+    train_samples: int  # samples trained on: fewer than the schedule's when it diverged
+    status: str = STATUS_OK  # STATUS_DIVERGED: the training loss became NaN/inf
     history: list[dict] = field(default_factory=list)
 
     def metrics(self) -> dict:
@@ -66,6 +73,21 @@ def evaluate(model: nn.Module, split: Split) -> tuple[float, float]:
     return correct.item() / len(split), loss_sum.item() / len(split)
 
 
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _evaluation(model: nn.Module, data: TensorData, iteration: int, train_loss: float) -> dict:
+    """One history record; losses that are not finite are None."""
+    record = {"iteration": iteration, "train_loss": _finite_or_none(train_loss)}
+    record["test_acc"], test_loss = evaluate(model, data.test)
+    record["test_loss"] = _finite_or_none(test_loss)
+    if data.val is not None:
+        record["val_acc"], val_loss = evaluate(model, data.val)
+        record["val_loss"] = _finite_or_none(val_loss)
+    return record
+
+
 def train(
     model: nn.Module,
     masks: Masks,
@@ -85,7 +107,9 @@ def train(
 
     Evaluates at every multiple of ``eval_every`` and at ``end``; saves ``checkpoint`` at each
     evaluation and resumes from it when it exists. ``on_snapshot`` sees the model when the
-    iteration counter reaches ``snapshot_at`` (used to save the rewind point).
+    iteration counter reaches ``snapshot_at`` (used to save the rewind point). A step whose
+    loss is not finite ends training at once, unapplied: the last record then has
+    ``status: diverged`` and ``train_loss`` None.
     """
     spe = steps_per_epoch(data, config)
     eval_every = Step.parse(config.eval_every).iterations(spe)
@@ -100,8 +124,7 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         iteration, history, seconds = state["iteration"], state["history"], state["seconds"]
     model.train()
-    loss_sum = torch.zeros((), device=data.train.x.device)
-    loss_count, plan, plan_epoch = 0, None, -1
+    loss_sum, loss_count, plan, plan_epoch = 0.0, 0, None, -1
     clock = time.perf_counter()
     if iteration == snapshot_at and on_snapshot:
         on_snapshot(model)
@@ -112,22 +135,27 @@ def train(
             plan_epoch = epoch
         x, y = batch(data.train, plan, position, config.batch_size, data.augment, data.pad_value)
         loss = F.cross_entropy(model(x), y)
+        loss_value = loss.item()  # a sync per step: free on a CPU (on a GPU, waits for it)
+        if not math.isfinite(loss_value):  # diverged: stop before this step's update
+            seconds += time.perf_counter() - clock
+            record = _evaluation(model, data, iteration, math.nan)
+            history.append({**record, STATUS_KEY: STATUS_DIVERGED})
+            if on_eval:
+                on_eval(history[-1])
+            return _outcome(history, seconds, (iteration - start) * config.batch_size)
         optimizer.zero_grad()
         loss.backward()
         if masked_params:
             torch._foreach_mul_([p.grad for p in masked_params], mask_values)
         optimizer.step(lr_at(iteration))
-        loss_sum += loss.detach()
+        loss_sum += loss_value
         loss_count += 1
         iteration += 1
         if iteration == snapshot_at and on_snapshot:
             on_snapshot(model)
         if iteration % eval_every == 0 or iteration == end:
             seconds += time.perf_counter() - clock
-            record = {"iteration": iteration, "train_loss": loss_sum.item() / loss_count}
-            record["test_acc"], record["test_loss"] = evaluate(model, data.test)
-            if data.val is not None:
-                record["val_acc"], record["val_loss"] = evaluate(model, data.val)
+            record = _evaluation(model, data, iteration, loss_sum / loss_count)
             history.append(record)
             if checkpoint is not None and iteration < end:
                 atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -135,8 +163,7 @@ def train(
                             checkpoint)
             if on_eval:
                 on_eval(record)
-            loss_sum.zero_()
-            loss_count = 0
+            loss_sum, loss_count = 0.0, 0
             clock = time.perf_counter()
     return _outcome(history, seconds, (end - start) * config.batch_size)
 
@@ -146,7 +173,8 @@ def _outcome(history: list[dict], seconds: float, samples: int) -> TrainOutcome:
         raise ValueError("training ran no evaluation: the run has zero iterations")
     final = history[-1]
     stop_key = "val_loss" if "val_loss" in final else "test_loss"
-    early = min(history, key=lambda r: r[stop_key])
+    measured = [r for r in history if r[stop_key] is not None]
+    early = min(measured, key=lambda r: r[stop_key]) if measured else final
     return TrainOutcome(
         test_acc=final["test_acc"],
         best_test_acc=max(r["test_acc"] for r in history),
@@ -156,5 +184,6 @@ def _outcome(history: list[dict], seconds: float, samples: int) -> TrainOutcome:
         early_stop_acc=early["test_acc"],
         train_seconds=seconds,
         train_samples=samples,
+        status=final.get(STATUS_KEY, STATUS_OK),
         history=history,
     )

@@ -1,5 +1,5 @@
 """``lt-sweep``: one IMP experiment (``imp``) or a Ray Tune sweep of them (``validate``, ``run``,
-``resume``, ``refine``, ``report``)."""
+``resume``, ``refine``, ``report``, ``sync``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lt_core.cli import USER_ERRORS, add_imp_command, dispatch
 from lt_core.metrics import ACCURACY_METRICS
-from sweeps.errors import ReportUnavailable
+from sweeps.errors import ReportUnavailable, TrackingUnavailable
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -34,17 +34,33 @@ def validate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def ray_environment(address: str | None) -> None:
+    """Before Ray is imported (it reads these at import): a local Ray's gRPC ports listen on
+    every interface (Ray has no bind address for them), so the local cluster a sweep starts
+    requires a token, fresh per sweep unless the user set one; its processes inherit it. Joining
+    a cluster (``--address``, ``$RAY_ADDRESS``) uses the user's own settings."""
+    if address or os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_AUTH_MODE"):
+        return
+    import secrets
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+
+
 def _quiet_unless(verbose: bool) -> None:
     """Before MLflow is imported: its INFO logging off unless --verbose (Ray's is turned off
     where Ray is started, as it resets its own at import)."""
     if not verbose:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+        # its "View run ... at: http://..." line on each run's end (with a tracking server)
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def _finish(study, results, logger=None) -> int:
     """A sweep command's end: the breakdown table (the driver's, or read from MLflow) and the
-    link that opens the MLflow UI on the sweep."""
-    from sweeps.mlflow_view import link_lines
+    link that opens the MLflow UI on the sweep; or, when MLflow does not answer, what it lacks
+    and how to log it later."""
+    from sweeps.tracking import UNREACHABLE, short_reason
 
     if logger is not None:
         # The trials are done: Ray shuts down while the logger writes the sweep's summary.
@@ -52,6 +68,45 @@ def _finish(study, results, logger=None) -> int:
 
         ray.shutdown()
         logger.finish_summary()
+    results_dir = study.storage_path / study.name
+    unlogged, error = (logger.unlogged(), logger.error) if logger is not None else (None, None)
+    report = None
+    if not unlogged:
+        try:
+            report, lines = _report_and_link(study, logger)
+        except UNREACHABLE as failure:
+            unlogged, error = "the sweep's summary", failure
+        except ReportUnavailable:  # interrupted before any trial reported a level
+            pass
+    print()
+    if report is None and not unlogged:
+        print("no trial finished a level yet")
+    elif unlogged:
+        reason = f" ({short_reason(error)})" if error is not None else ""
+        print(f"MLflow at {study.tracking_uri} did not answer{reason}: {unlogged} not logged; "
+              f"all is in {results_dir}: `lt-sweep sync {results_dir}` logs it")
+    else:
+        print(report.table())
+        print("\n".join(lines))
+        if logger is not None and logger.outages:
+            print(f"(MLflow stopped answering {logger.outages} time(s) during the sweep: what it "
+                  f"missed was logged once it answered again)")
+    from sweeps.signals import INTERRUPTED
+
+    if INTERRUPTED.is_set():  # Ctrl-C or SIGTERM: Tune saved the experiment's state
+        print(f"interrupted: `lt-sweep resume {results_dir}` continues the sweep")
+        return 130
+    failed = len(results.errors)
+    if failed:
+        print(f"{failed} trial{'s' if failed > 1 else ''} failed (see the lines above); "
+              f"`lt-sweep resume {results_dir}` retries them")
+    return 1 if failed else 0
+
+
+def _report_and_link(study, logger=None):
+    """The sweep's report and MLflow link: the logger's, else read from MLflow."""
+    from sweeps.mlflow_view import link_lines
+
     report, lines = (logger.report, logger.link_lines) if logger is not None else (None, [])
     if report is None or not lines:
         from mlflow import MlflowClient
@@ -69,18 +124,12 @@ def _finish(study, results, logger=None) -> int:
         key = ensure_view(client, experiment_id, sweep_networks(study), study.breakdown.metric,
                           study.name)
         lines = link_lines(study.tracking_uri, experiment_id, key)
-    print()
-    print(report.table())
-    print("\n".join(lines))
-    failed = len(results.errors)
-    if failed:
-        print(f"{failed} trial{'s' if failed > 1 else ''} failed (see the lines above); "
-              f"`lt-sweep resume {study.storage_path / study.name}` retries them")
-    return 1 if failed else 0
+    return report, lines
 
 
 def run_command(args: argparse.Namespace) -> int:
     _quiet_unless(args.verbose)
+    ray_environment(args.address)
     from sweeps.runner import run_sweep
     from sweeps.study import load_study
 
@@ -91,6 +140,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 def resume_command(args: argparse.Namespace) -> int:
     _quiet_unless(args.verbose)
+    ray_environment(args.address)
     from sweeps.runner import resume_sweep
 
     study, results = resume_sweep(Path(args.results_dir).expanduser().resolve(), args.address,
@@ -100,6 +150,7 @@ def resume_command(args: argparse.Namespace) -> int:
 
 def refine_command(args: argparse.Namespace) -> int:
     _quiet_unless(args.verbose)
+    ray_environment(args.address)
     from sweeps.runner import (finished_trials, load_results, parse_refine_args, plan_refinement,
                                refine_sweep)
 
@@ -143,6 +194,22 @@ def report_command(args: argparse.Namespace) -> int:
 
     return write_report(args.experiment, args.tracking_uri, args.tolerance, out, args.metric,
                         args.html)
+
+
+def sync_command(args: argparse.Namespace) -> int:
+    _quiet_unless(False)
+    from sweeps.console import quiet_libraries
+    from sweeps.runner import load_results
+    from sweeps.sync import sync_sweep
+
+    quiet_libraries()
+    results_dir = Path(args.results_dir).expanduser().resolve()
+    study = load_results(results_dir, [f"tracking.uri={args.tracking_uri}"]
+                         if args.tracking_uri else [])  # which must answer
+    outcome = sync_sweep(study, results_dir)
+    print(outcome.line())
+    print("\n".join(outcome.link_lines))
+    return 0
 
 
 def _add_verbose(parser: argparse.ArgumentParser) -> None:
@@ -201,14 +268,29 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write breakdown.html: table, figures and study in one "
                              "self-contained page")
     report.set_defaults(handler=report_command)
-    return dispatch(parser, argv, USER_ERRORS + (ReportUnavailable,))
+
+    sync = subparsers.add_parser(
+        "sync", help="log to MLflow what it lacks of a sweep, from its results directory")
+    sync.add_argument("results_dir", help="the sweep's results directory (STORAGE/NAME)")
+    sync.add_argument("--tracking-uri", default=None,
+                      help="default: the sweep's (its tracking.uri)")
+    sync.set_defaults(handler=sync_command)
+    return dispatch(parser, argv, USER_ERRORS + (ReportUnavailable, TrackingUnavailable))
 
 
 def entry() -> None:
-    """The `lt-sweep` executable: ``main``, then, where a sweep ran, Ray shut down and the
-    process left at once: the interpreter's teardown after a sweep (threads, Ray's and
-    MLflow's exit hooks) took seconds, and the output and MLflow writes are flushed by now."""
-    code = main()
+    """The `lt-sweep` executable: ``main``, then, where a sweep ran, Ray shut down (its local
+    cluster's processes with it) and the process left at once: the interpreter's teardown after
+    a sweep (threads, Ray's and MLflow's exit hooks) took seconds, and the output and MLflow
+    writes are flushed by now. Ctrl-C or SIGTERM ends it the same way, exit 130."""
+    from sweeps.signals import stop_on_signals
+
+    stop_on_signals()
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()

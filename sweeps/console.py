@@ -7,7 +7,7 @@ trial's row shows:
 - its level out of its levels;
 - density;
 - the ticket's and each control's accuracy, under the study's breakdown metric;
-- its breakdown so far.
+- its breakdown so far (``diverged at level L`` when its ticket diverged before it broke down).
 A footer gives the counts, the elapsed time and an estimate of the time left.
 
 Elsewhere (CI, a pipe, ``| tee``) it prints plain lines: one when a trial finishes, and a
@@ -30,7 +30,7 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from lt_core.metrics import metric_name
+from lt_core.metrics import DIVERGED, TICKET, metric_name
 from sweeps.layout import trial_label
 
 _LIBRARY_LOGGERS = ("ray", "mlflow", "alembic", "sqlalchemy", "urllib3", "filelock", "optuna")
@@ -65,6 +65,7 @@ class Row:
     density: float | None = None
     accuracy: dict[str, float] = field(default_factory=dict)
     breakdown: str = ""
+    diverged: dict[str, str] = field(default_factory=dict)  # network -> the level it diverged at
 
 
 class SweepConsole(Callback):
@@ -139,7 +140,11 @@ class SweepConsole(Callback):
             value = result.get(metric_name(self.metric, network))
             if value is not None:
                 row.accuracy[network] = value
+            if result.get(metric_name(DIVERGED, network)):
+                row.diverged.setdefault(network, row.level)
         row.breakdown = self._breakdown(result)
+        if TICKET in row.diverged and (not row.breakdown or result.get("breakdown_diverged")):
+            row.breakdown = f"diverged at level {row.diverged[TICKET]}"
         self._maybe_draw()
 
     @staticmethod
@@ -154,8 +159,13 @@ class SweepConsole(Callback):
         row = self._row(trial)
         row.state = "done"
         if not self.interactive:
-            self._print(f"done    {row.name}: {row.reported} levels, ticket breakdown "
-                        f"{row.breakdown or '-'}")
+            first = row.breakdown.startswith(DIVERGED)  # the ticket diverged, unbroken
+            breakdown = (f"ticket {row.breakdown}" if first else
+                         f"ticket breakdown {row.breakdown or '-'}")
+            diverged = "".join(f"; {network} diverged at level {level}"
+                               for network, level in row.diverged.items()
+                               if not (first and network == TICKET))
+            self._print(f"done    {row.name}: {row.reported} levels, {breakdown}{diverged}")
         self._maybe_draw(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:

@@ -5,3 +5,7 @@ from __future__ import annotations
 
 class ReportUnavailable(ValueError):
     """The experiment or its trial runs are not in the tracking store."""
+
+
+class TrackingUnavailable(ConnectionError):
+    """The MLflow tracking store did not answer (``lt-sweep sync`` is to be run again)."""

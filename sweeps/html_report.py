@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lt_core.metrics import TICKET
-from sweeps.report import Report, breakdown_cell
+from sweeps.report import Report
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -44,7 +44,7 @@ def _table(report: Report) -> str:
     for config in report.configurations:
         mean, std = config.dense_acc
         cells = [config.label, str(config.n), f"{100 * mean:.2f} ± {100 * std:.2f}"]
-        cells += [breakdown_cell(config.summary(name)) for name in report.networks]
+        cells += [config.cell(name) for name in report.networks]
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     return "<table>\n" + "\n".join(rows) + "\n</table>"
 

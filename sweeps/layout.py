@@ -6,13 +6,15 @@ Written by ``sweeps.tracking`` (the Tune driver), read by ``sweeps.report``.
   ``breakdown.tolerance`` and ``breakdown.metric``.
 - child run per trial: tags ``lt.sweep``, ``lt.role=trial``, ``ray_trial_id``, ``lt.config``
   (the swept values but the seed: the seeds of one configuration share it),
-  ``mlflow.parentRunId``; ``lt.refine_failed`` when an ``lt-sweep refine`` of it failed.
+  ``mlflow.parentRunId``; ``lt.refine_failed`` when an ``lt-sweep refine`` of it failed;
+  ``lt.diverged`` when a network's training loss became NaN/inf (``ticket at level 3``).
   - A grid level's measurements sit at ``step = level``, under their flat names
     (``lt_core.metrics``: ``density``, ``test_acc``, ``reinit_test_acc``, ...).
   - A refinement point's sit under ``refine/<name>`` at ``step = 1000 * level + sublevel``
     (level 7.25 -> step 7250).
+  - Per level, ``diverged`` (and ``<control>_diverged``): 1.0 where that network diverged.
   - The trial's breakdown, per network: ``breakdown_sparsity[_low|_high|_est]``,
-    ``breakdown_censored``.
+    ``breakdown_censored``, ``breakdown_diverged``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import re
 from collections.abc import Iterable, Mapping
 
 from lt_core.levels import SUBLEVELS, LevelRecord
-from lt_core.metrics import split_metric_name
+from lt_core.metrics import TICKET, split_metric_name
 
 SWEEP_TAG = "lt.sweep"
 RUN_NAME_TAG = "mlflow.runName"
@@ -29,6 +31,7 @@ ROLE_TAG = "lt.role"  # "parent" or "trial"
 CONFIG_TAG = "lt.config"
 TRIAL_TAG = "ray_trial_id"
 REFINE_FAILED_TAG = "lt.refine_failed"  # on a trial run: the Tune trial of a refinement that failed
+DIVERGED_TAG = "lt.diverged"  # on a trial run: where networks diverged (``divergence_tag``)
 PARENT_RUN_TAG = "mlflow.parentRunId"
 WORKER_TAG = "lt.worker"  # on a trial run: where it last ran, "HOST (NODE_IP) pid PID"
 TOLERANCE_PARAM = "breakdown.tolerance"
@@ -89,6 +92,18 @@ def records_from_history(entries: Iterable[tuple[str, int, float]]) -> list[Leve
             points.setdefault((level, sublevel), {"level": level, "sublevel": sublevel})[name] = value
     return [LevelRecord.from_flat(values) for _, values in sorted(points.items())
             if "density" in values]
+
+
+def divergence_tag(records: Iterable[LevelRecord]) -> str:
+    """Where a trial's networks diverged, the ticket first: ``ticket at level 3; reinit at levels
+    1, 2.25``; empty when none did."""
+    where: dict[str, list[str]] = {}
+    for record in records:
+        for network in record.networks:
+            if record.diverged(network):
+                where.setdefault(network, []).append(f"{record.position:g}")
+    return "; ".join(f"{network} at level{'s' if len(levels) > 1 else ''} {', '.join(levels)}"
+                     for network, levels in sorted(where.items(), key=lambda i: i[0] != TICKET))
 
 
 def _compact(value) -> str:

@@ -8,6 +8,11 @@ points included, at any tolerance and under any of the accuracy metrics.
 
 FAILED and KILLED trial runs are left out, because their levels stop early and would bias the
 breakdown low; they are counted. Runs still running count with the levels they have so far.
+
+A network that diverged (training loss NaN/inf) before it broke down, in any seed, has no
+breakdown: the configuration shows where it diverged instead (``diverged at level 3 (density
+51.20%)``), in the table, the CSV (``diverged_level``, ``diverged_density``, ``diverged_seeds``)
+and the parent run's answer. A trial whose ticket diverged is FINISHED, not FAILED: it counts.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from lt_core.breakdown import Breakdown, BreakdownRule, SeedAggregate, aggregate, locate
+from lt_core.breakdown import (Breakdown, BreakdownRule, SeedAggregate, aggregate, divergence,
+                               locate)
 from lt_core.levels import LevelRecord, networks_in
-from lt_core.metrics import ACCURACY_METRICS, TICKET, metric_name, split_metric_name
+from lt_core.metrics import ACCURACY_METRICS, DIVERGED, TICKET, metric_name, split_metric_name
 from sweeps.errors import ReportUnavailable
 from sweeps.layout import (CONFIG_TAG, METRIC_PARAM, REFINE_PREFIX, ROLE_TAG, SWEEP_TAG,
                            TOLERANCE_PARAM, records_from_history, tag_filter)
@@ -70,6 +76,21 @@ def breakdown_mark(found: Breakdown | None) -> Mark | None:
                 None if found.high is None else found.high.density, found.low.accuracy)
 
 
+@dataclass(frozen=True)
+class Divergence:
+    """The seeds of a configuration whose network diverged before it broke down."""
+    seeds: int  # how many
+    n: int  # of how many seeds
+    level: float  # the densest point where one diverged (7.25 for a refinement point)
+    density: float
+
+
+def divergence_cell(found: Divergence) -> str:
+    """``diverged at level 3 (density 51.20%)``, with ``, 1/3 seeds`` when not every seed did."""
+    text = f"diverged at level {found.level:g} (density {100 * found.density:.2f}%)"
+    return text if found.seeds == found.n else f"{text}, {found.seeds}/{found.n} seeds"
+
+
 @dataclass
 class TrialLevels:
     """One trial run: its configuration label and its levels and refinement points."""
@@ -102,8 +123,26 @@ class Configuration:
     def breakdowns(self, network: str = TICKET) -> list[Breakdown | None]:
         return [locate(t.records, network, self.rule) for t in self.trials]
 
+    def divergence(self, network: str = TICKET) -> Divergence | None:
+        """Where the network diverged before breaking down, in any seed; None if in none."""
+        found = [point for t in self.trials
+                 if (point := divergence(t.records, network, self.rule)) is not None]
+        if not found:
+            return None
+        first = max(found, key=lambda point: (point.density, -point.position))
+        return Divergence(len(found), self.n, first.position, first.density)
+
     def summary(self, network: str = TICKET) -> SeedAggregate | None:
+        """The seeds' breakdown; None when there is none, or when the network diverged first."""
+        if self.divergence(network) is not None:
+            return None
         return aggregate(self.breakdowns(network))
+
+    def cell(self, network: str = TICKET) -> str:
+        """The table's cell: the breakdown (``breakdown_cell``), or where it diverged."""
+        found = self.divergence(network)
+        return divergence_cell(found) if found is not None else breakdown_cell(
+            self.summary(network))
 
     def breakdown(self, network: str = TICKET) -> tuple[float, float]:
         """Mean ± std over seeds of the bracket's low end (the report's original figure)."""
@@ -200,8 +239,9 @@ class Report:
             for network in self.networks:
                 def name(key: str) -> str:
                     return metric_name(key, network)
+                diverged = config.divergence(network)
                 record[name("breakdown_sparsity_mean")], record[name("breakdown_sparsity_std")] \
-                    = config.breakdown(network)
+                    = config.breakdown(network) if diverged is None else ("", "")
                 summary = config.summary(network)
                 ci = summary.ci if summary is not None else None
                 record[name("breakdown_sparsity_low")] = _optional(
@@ -213,6 +253,9 @@ class Report:
                 record[name("breakdown_sparsity_ci_low")] = _optional(ci and ci[0])
                 record[name("breakdown_sparsity_ci_high")] = _optional(ci and ci[1])
                 record[name("censored")] = summary.censored if summary is not None else ""
+                record[name("diverged_seeds")] = diverged.seeds if diverged is not None else 0
+                record[name("diverged_level")] = _optional(diverged and diverged.level)
+                record[name("diverged_density")] = _optional(diverged and diverged.density)
                 if network != TICKET:
                     record[name("levels_measured")] = config.levels_measured(network)
             records.append(record)
@@ -226,7 +269,7 @@ class Report:
         for config in self.configurations:
             cells = [config.label, str(config.n), "{:.2f} ± {:.2f}".format(
                 *(100 * v for v in config.dense_acc))]
-            cells += [breakdown_cell(config.summary(network)) for network in self.networks]
+            cells += [config.cell(network) for network in self.networks]
             lines.append(cells)
         widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
         text = [f"breakdown sparsity (%) of {self.experiment}: where {self.metric} falls "
@@ -238,6 +281,9 @@ class Report:
         text.append("estimate [95% CI]: crossing interpolated in log-density between the "
                     "bracketing levels, geometric mean over seeds with its t-interval; "
                     "> x: some seeds never fell below (censored), x is a lower bound")
+        if any(c.divergence(n) is not None for c in self.configurations for n in self.networks):
+            text.append("diverged at level L: the training loss became NaN/inf there before "
+                        "the network fell below (no breakdown)")
         partial = self._partial_controls()
         if partial:
             text.append(partial)
@@ -328,7 +374,8 @@ def _trial_levels(client: MlflowClient, run: Run, label: str, metric: str) -> Tr
     def wanted(key: str) -> bool:
         name = key.removeprefix(REFINE_PREFIX)
         split = split_metric_name(name)
-        return name in ("density", "sparsity") or (split is not None and split[1] == metric)
+        return name in ("density", "sparsity") or (split is not None
+                                                   and split[1] in (metric, DIVERGED))
 
     keys = [key for key in run.data.metrics if wanted(key)]
     records = records_from_history(metric_entries(client, run.info.run_id, keys))

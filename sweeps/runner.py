@@ -14,6 +14,7 @@ import yaml
 from lt_core.breakdown import grid_breakdown, refinement_plan
 from lt_core.config import ConfigError
 from lt_core.imp import run_records
+from sweeps.signals import stop_on_signals, tune_run_over
 from sweeps.study import MAX_REFINE_STEPS, Study, check_networks, load_study
 from sweeps.trainable import REFINE_KEY, imp_trial, refine_trial, run_directory
 
@@ -43,7 +44,8 @@ def start_ray(address: str | None, verbose: bool = False) -> None:
     if address:
         ray.init(address=address, **options)
     else:
-        ray.init(include_dashboard=False, **options)
+        ray.init(include_dashboard=False, **options)  # token: see sweeps.cli.ray_environment
+    stop_on_signals()  # again: Ray's core replaced SIGTERM's with one that aborts the driver
 
 
 def ensure_resources(study: Study, address: str | None, verbose: bool = False,
@@ -161,6 +163,14 @@ def build_tuner(study: Study, callbacks: list, verbose: bool = False):
                                              verbose))
 
 
+def fit(tuner):
+    """Run the Tuner; Ctrl-C or SIGTERM ends it with its state saved (``sweeps.signals``)."""
+    try:
+        return tuner.fit()
+    finally:
+        tune_run_over()
+
+
 def save_resolved_study(study: Study) -> Path:
     """Write the study with every default and path resolved, for `lt-sweep resume`."""
     resolved = {
@@ -184,18 +194,19 @@ def run_sweep(study: Study, address: str | None = None, verbose: bool = False,
     save_resolved_study(study)
     logger = opening.result()
     tuner = build_tuner(study, [logger, console_for(study)], verbose)
-    return tuner.fit(), logger
+    return fit(tuner), logger
 
 
-def load_results(results_dir: Path) -> Study:
-    """The study of an lt-sweep results directory (``STORAGE/NAME``)."""
+def load_results(results_dir: Path, overrides: list[str] = ()) -> Study:
+    """The study of an lt-sweep results directory (``STORAGE/NAME``), with ``key=value``
+    overrides (``tracking.uri=...``)."""
     from ray import tune
 
     study_file = results_dir / STUDY_FILE
     if not tune.Tuner.can_restore(str(results_dir)) or not study_file.exists():
         raise ConfigError(f"{results_dir}: not an lt-sweep results directory "
                           f"(no {STUDY_FILE} and Tune state)")
-    return load_study(study_file)
+    return load_study(study_file, overrides)
 
 
 def resume_sweep(results_dir: Path, address: str | None = None, verbose: bool = False,
@@ -208,15 +219,14 @@ def resume_sweep(results_dir: Path, address: str | None = None, verbose: bool = 
     tuner = tune.Tuner.restore(str(results_dir), trainable=trainable_for(study),
                                resume_unfinished=True, resume_errored=True,
                                param_space=study.param_space())
-    return study, tuner.fit()
+    return study, fit(tuner)
 
 
 # ---- lt-sweep refine ---------------------------------------------------------------------------
-def finished_trials(results_dir: Path) -> dict[str, dict]:
-    """Ray trial id -> swept values of every trial of a finished sweep."""
+def sweep_trials(results_dir: Path) -> list:
+    """Every Tune trial of the experiment in ``results_dir`` (finished or not), as Tune's saved
+    state has them: id, config, status, last result."""
     from ray.tune import ExperimentAnalysis
-
-    from sweeps.tracking import swept_values
 
     # Only the trials' states are read: its warnings about unfinished trials' missing results
     # would bury the one-line answer.
@@ -224,9 +234,16 @@ def finished_trials(results_dir: Path) -> dict[str, dict]:
     level = analysis_log.level
     analysis_log.setLevel(logging.ERROR)
     try:
-        trials = ExperimentAnalysis(str(results_dir)).trials
+        return ExperimentAnalysis(str(results_dir)).trials
     finally:
         analysis_log.setLevel(level)
+
+
+def finished_trials(results_dir: Path) -> dict[str, dict]:
+    """Ray trial id -> swept values of every trial of a finished sweep."""
+    from sweeps.tracking import swept_values
+
+    trials = sweep_trials(results_dir)
     unfinished = [t for t in trials if t.status != "TERMINATED"]
     if unfinished or not trials:
         states = ", ".join(sorted({t.status for t in unfinished})) or "none"
@@ -300,4 +317,4 @@ def refine_sweep(study: Study, results_dir: Path, trials: dict[str, dict], steps
             max_concurrent=study.search.max_concurrent or 0)),
         run_config=_run_config(study, REFINE_DIR, results_dir, [logger, console_for(study)],
                                verbose))
-    return tuner.fit(), logger
+    return fit(tuner), logger

@@ -4,21 +4,34 @@ trial with every IMP level as a metric step, and end-of-trial and end-of-sweep s
 Trials never talk to MLflow: everything here runs in the driver. Every write is idempotent, so a
 resumed sweep (a new driver, same study name and experiment) reuses its parent and trial runs and
 never logs a level twice.
+
+An MLflow that stops answering (a tracking server down or restarting) never stops the sweep. The
+driver keeps, per trial, what its run is to hold (``TrialRun``: every reported value, its worker,
+how it ended) beside what MLflow holds, and brings the run up to date at the next callback once
+MLflow answers again (trying at most every ``RETRY_SECONDS``), at the latest at the sweep's end.
+Whatever is still missing then is in the results directory, which ``lt-sweep sync``
+(``sweeps.sync``) logs with the same functions.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import tempfile
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
+import requests
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run
+from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import (MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH,
                                      MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH)
 from PIL import Image
@@ -27,10 +40,12 @@ from ray.tune import Callback
 from lt_core.breakdown import BreakdownRule, dense_accuracy, locate, trial_summary
 from lt_core.levels import LevelRecord, networks_in
 from lt_core.metrics import TICKET, metric_name
-from sweeps.layout import (CONFIG_TAG, METRIC_PARAM, PARENT_RUN_TAG, REFINE_FAILED_TAG, ROLE_TAG,
-                           RUN_NAME_TAG, SWEEP_TAG, SYSTEM_PREFIX, TOLERANCE_PARAM, TRIAL_TAG,
-                           WORKER_TAG, configuration_slug, point_entries, point_of,
-                           records_from_history, trial_label)
+from sweeps.layout import (CONFIG_TAG, DIVERGED_TAG, METRIC_PARAM, PARENT_RUN_TAG,
+                           REFINE_FAILED_TAG, ROLE_TAG, RUN_NAME_TAG, SWEEP_TAG, SYSTEM_PREFIX,
+                           TOLERANCE_PARAM, TRIAL_TAG, WORKER_TAG, configuration_slug,
+                           divergence_tag, point_entries, point_of, records_from_history,
+                           trial_label)
+from sweeps.errors import ReportUnavailable
 from sweeps.mlflow_view import ensure_view, link_lines
 from sweeps.plots import accuracy_vs_density
 from sweeps.report import (Report, breakdown_cell, breakdown_mark, build_report, metric_entries,
@@ -40,6 +55,32 @@ logger = logging.getLogger(__name__)
 
 # A trial's logged per-level values: {(metric key, step): value}.
 Logged = dict[tuple[str, int], float]
+
+# What an MLflow that cannot be reached raises: a tracking server down or restarting (connection
+# refused, timeouts, 5xx after retries), a database that stays locked.
+UNREACHABLE = (MlflowException, requests.RequestException, OSError)
+# The driver's REST client gives up on a server that does not answer within seconds (MLflow's
+# default retries for minutes, which would stall Tune's loop): what failed is kept and retried.
+SHORT_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+RETRY_SECONDS = 2.0  # after a failed write, MLflow is left alone this long
+END_WAIT_SECONDS = 10.0  # at the sweep's end, how long MLflow may take to answer again
+
+
+def short_retries() -> None:
+    """This process's MLflow REST calls fail within seconds when the server does not answer
+    (unless the user set these variables)."""
+    for name, value in SHORT_RETRIES.items():
+        os.environ.setdefault(name, value)
+
+
+def short_reason(error: BaseException) -> str:
+    """The gist of an MLflow or connection error, for one line (``[Errno 111] Connection
+    refused`` rather than a page of urllib3's wrapping)."""
+    text = str(error)
+    found = re.search(r"\[Errno -?\d+\][^'\")\]]*", text)
+    reason = found.group(0) if found else text.splitlines()[0] if text else type(error).__name__
+    return reason if len(reason) <= 120 else reason[:117] + "..."
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -104,8 +145,8 @@ def sweep_params(study) -> dict[str, Any]:
             TOLERANCE_PARAM: study.breakdown.tolerance, METRIC_PARAM: study.breakdown.metric}
 
 
-def ensure_parent_run(client: MlflowClient, experiment_id: str, study) -> str:
-    """The sweep's parent run: reused when the study was run before in this experiment, else
+def parent_run(client: MlflowClient, experiment_id: str, study) -> Run:
+    """The sweep's parent run: found when the study was run before in this experiment, else
     created with the study's params, its YAML file and ``study_resolved.yaml``."""
     tags = {SWEEP_TAG: study.name, ROLE_TAG: "parent"}
     run = find_run(client, experiment_id, tags)
@@ -116,8 +157,14 @@ def ensure_parent_run(client: MlflowClient, experiment_id: str, study) -> str:
         log_params(client, run_id, sweep_params(study))
         client.log_artifact(run_id, str(study.source_path))
         client.log_text(run_id, yaml.safe_dump(study.raw, sort_keys=False), "study_resolved.yaml")
+    return run
+
+
+def ensure_parent_run(client: MlflowClient, experiment_id: str, study) -> str:
+    """The sweep's parent run (``parent_run``), RUNNING."""
+    run = parent_run(client, experiment_id, study)
     reopen(client, run)
-    return run_id
+    return run.info.run_id
 
 
 def swept_values(trial_config: dict[str, Any]) -> dict[str, Any]:
@@ -140,12 +187,14 @@ def unique_run_name(client: MlflowClient, experiment_id: str, sweep: str, name: 
     return candidate
 
 
-def ensure_child_run(client: MlflowClient, experiment_id: str, parent_run_id: str, sweep: str,
-                     trial_id: str, swept: dict[str, Any], params: dict[str, Any],
-                     swept_keys: list[str] | None = None) -> str:
+def child_run(client: MlflowClient, experiment_id: str, parent_run_id: str, sweep: str,
+              trial_id: str, swept: dict[str, Any],
+              params: dict[str, Any] | Callable[[], dict[str, Any]],
+              swept_keys: list[str] | None = None) -> Run:
     """The trial's run, found by its Ray trial id and sweep (a resumed sweep reuses it), else
     created under the parent and named by its swept values and seed (``rate=0.4 scope=global
-    seed=0``); params (the resolved experiment config) are logged once."""
+    seed=0``); params (the resolved experiment config, or a function making them) are logged
+    once."""
     tags = {TRIAL_TAG: trial_id, SWEEP_TAG: sweep}
     run = find_run(client, experiment_id, tags)
     if run is None:
@@ -154,7 +203,16 @@ def ensure_child_run(client: MlflowClient, experiment_id: str, parent_run_id: st
             **tags, PARENT_RUN_TAG: parent_run_id, ROLE_TAG: "trial",
             CONFIG_TAG: config_label(swept)})
     if not run.data.params:
-        log_params(client, run.info.run_id, params)
+        log_params(client, run.info.run_id, params() if callable(params) else params)
+    return run
+
+
+def ensure_child_run(client: MlflowClient, experiment_id: str, parent_run_id: str, sweep: str,
+                     trial_id: str, swept: dict[str, Any], params: dict[str, Any],
+                     swept_keys: list[str] | None = None) -> str:
+    """The trial's run (``child_run``), RUNNING."""
+    run = child_run(client, experiment_id, parent_run_id, sweep, trial_id, swept, params,
+                    swept_keys)
     reopen(client, run)
     return run.info.run_id
 
@@ -171,24 +229,24 @@ def records_of(logged: Logged) -> list[LevelRecord]:
     return records_from_history((key, step, value) for (key, step), value in logged.items())
 
 
-def log_point(client: MlflowClient, run_id: str, result: dict[str, Any], logged: Logged,
-              pending: list | None = None) -> bool:
+def log_entries(client: MlflowClient, run_id: str,
+                entries: list[tuple[str, int, float]]) -> None:
+    """Log (key, step, value) metric entries, in batches of MLflow's maximum size."""
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, value, now, step) for key, step, value in entries]
+    for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=metrics[start:start + MAX_METRICS_PER_BATCH])
+
+
+def log_point(client: MlflowClient, run_id: str, result: dict[str, Any], logged: Logged) -> bool:
     """Log the per-level values of one reported point (a level, a control added to one, or a
     refinement point) that are not logged yet; ``logged`` is updated in place. True when
-    anything was logged. With ``pending``, the write is asynchronous (the Tune driver answers the
-    trial at once) and its future is appended there, to be waited for."""
+    anything was logged."""
     new = [(key, step, value) for key, step, value in point_entries(result)
            if (key, step) not in logged]
-    if not new:
-        return False
-    now = int(time.time() * 1000)
-    operations = client.log_batch(run_id, metrics=[Metric(key, value, now, step)
-                                                   for key, step, value in new],
-                                  synchronous=pending is None)
-    if pending is not None and operations is not None:
-        pending.append(operations)
+    log_entries(client, run_id, new)
     logged.update({(key, step): value for key, step, value in new})
-    return True
+    return bool(new)
 
 
 def plot_trial(records: list[LevelRecord], rule: BreakdownRule, title: str, path: Path) -> Path:
@@ -206,11 +264,25 @@ def plot_trial(records: list[LevelRecord], rule: BreakdownRule, title: str, path
                                title, path, rule.metric, marks)
 
 
+def trial_title(sweep: str, trial_id: str, swept: Mapping[str, Any]) -> str:
+    """A trial's plot title: sweep, Ray trial id and every swept value."""
+    return f"{sweep} {trial_id}: " + ", ".join(f"{key}={swept[key]}" for key in sorted(swept))
+
+
+def worker_label(result: Mapping[str, Any]) -> str | None:
+    """Where a Tune result was measured (``WORKER_TAG``), from the fields Tune adds to it."""
+    if "pid" not in result:
+        return None
+    return f"{result.get('hostname')} ({result.get('node_ip')}) pid {result['pid']}"
+
+
 def finish_trial(client: MlflowClient, run_id: str, logged: Logged, rule: BreakdownRule,
                  title: str) -> None:
     """Log the trial's breakdown summary (each value once: a refined trial logs the values that
-    changed) and its plot, then mark the run FINISHED."""
+    changed), its plot and where it diverged (``DIVERGED_TAG``), then mark the run FINISHED."""
     records = records_of(logged)
+    if diverged := divergence_tag(records):
+        client.set_tag(run_id, DIVERGED_TAG, diverged)
     if records and records[0].point_id == (0, 0):
         existing = client.get_run(run_id).data.metrics
         summary = {key: value for key, value in trial_summary(records, rule).items()
@@ -239,6 +311,8 @@ def sweep_answer(report: Report) -> tuple[dict[str, float], dict[str, str]]:
         for network in report.networks:
             summary = config.summary(network)
             if summary is None:
+                if config.divergence(network) is not None:  # no breakdown: where it diverged
+                    cells.append(f"{network} {config.cell(network)}")
                 continue
             values = {"breakdown_sparsity_est": summary.sparsity_est,
                       "breakdown_sparsity_low": summary.sparsity_low,
@@ -258,17 +332,22 @@ def sweep_answer(report: Report) -> tuple[dict[str, float], dict[str, str]]:
     return metrics, tags
 
 
-def log_sweep_summary(client: MlflowClient, run_id: str, report: Report) -> None:
+def log_sweep_summary(client: MlflowClient, run_id: str, report: Report) -> bool:
     """The sweep's answer on its parent run: breakdown metrics and tags per configuration
     (``sweep_answer``); the table (CSV and text) and plots as artifacts; the panels figure also
-    as an image the runs page shows."""
+    as an image the runs page shows. Only what changed is logged: nothing (False) when the run
+    has this answer and its table already."""
     metrics, tags = sweep_answer(report)
-    now = int(time.time() * 1000)
-    entries = [Metric(key, value, now, 0) for key, value in metrics.items()]
-    for start in range(0, len(entries), MAX_METRICS_PER_BATCH):
-        client.log_batch(run_id, metrics=entries[start:start + MAX_METRICS_PER_BATCH])
+    run = client.get_run(run_id)
+    metrics = {key: value for key, value in metrics.items() if run.data.metrics.get(key) != value}
+    tags = {key: value[:MAX_TAG_VAL_LENGTH] for key, value in tags.items()
+            if run.data.tags.get(key) != value[:MAX_TAG_VAL_LENGTH]}
+    if not metrics and not tags and "breakdown.csv" in {
+            artifact.path for artifact in client.list_artifacts(run_id)}:
+        return False
+    log_entries(client, run_id, [(key, 0, value) for key, value in metrics.items()])
     for key, value in tags.items():
-        client.set_tag(run_id, key, value[:MAX_TAG_VAL_LENGTH])
+        client.set_tag(run_id, key, value)
     with tempfile.TemporaryDirectory() as temp:
         folder = Path(temp)
         report.write_csv(folder / "breakdown.csv")
@@ -279,6 +358,7 @@ def log_sweep_summary(client: MlflowClient, run_id: str, report: Report) -> None
         client.log_artifacts(run_id, temp)
         with Image.open(panels) as image:
             client.log_image(run_id, image.convert("RGB"), key="sweep", step=0)
+    return True
 
 
 def _study_trial_config(study, params: dict[str, Any]):
@@ -305,9 +385,120 @@ def trial_identity(trial) -> tuple[str, dict[str, Any]]:
     return trial.trial_id, swept_values(trial.config)
 
 
+@dataclass
+class TrialRun:
+    """One trial's MLflow run: what it is to hold (as the driver saw the trial, or as its run
+    directory and Tune's state have it) beside what MLflow holds so far."""
+    trial_id: str  # the Ray trial id (a refinement trial's: the sweep trial it refines)
+    swept: dict[str, Any]
+    points: Logged = field(default_factory=dict)  # every per-level value (the first of each)
+    worker: str | None = None  # WORKER_TAG
+    status: str | None = None  # FINISHED or FAILED once the trial ended
+    summarise: bool = True  # when FINISHED: its breakdown summary and plot
+    refine_failed: str | None = None  # REFINE_FAILED_TAG
+    # In MLflow: nothing is known until the run is found or created (run_id None).
+    run_id: str | None = None
+    run_status: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    logged: Logged | None = None  # the values it holds, or has on their way (None: to read)
+    pending: list[Future] = field(default_factory=list)  # asynchronous writes in flight
+
+    def add(self, values: Mapping[str, Any]) -> None:
+        """The per-level values of one reported point (a Tune result or a level's flat record);
+        a (key, step) keeps its first value, as MLflow does."""
+        for key, step, value in point_entries(values):
+            self.points.setdefault((key, step), value)
+
+    def missing(self) -> list[tuple[str, int, float]]:
+        """(key, step, value) of the values MLflow lacks (all, while unknown)."""
+        logged = self.logged or {}
+        return [(key, step, value) for (key, step), value in self.points.items()
+                if (key, step) not in logged]
+
+    def tags_due(self) -> dict[str, str]:
+        wanted = {WORKER_TAG: self.worker, REFINE_FAILED_TAG: self.refine_failed}
+        return {key: value for key, value in wanted.items()
+                if value is not None and self.tags.get(key) != value}
+
+    @property
+    def behind(self) -> bool:
+        """MLflow may lack something of this trial."""
+        return (self.run_id is None or self.logged is None or bool(self.missing())
+                or bool(self.tags_due()) or (self.status is not None
+                                             and self.run_status != self.status))
+
+    def restart(self) -> None:
+        """The trial (re)starts: its run is found again and reopened, and read back."""
+        self.status, self.summarise, self.refine_failed = None, True, None
+        self.run_id, self.logged = None, None
+
+
+def write_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, study,
+                    state: TrialRun, rule: BreakdownRule,
+                    params: Callable[[], dict[str, Any]], reopen_run: bool = False) -> int:
+    """Bring a trial's run up to date with ``state``: found (by Ray trial id and sweep) or
+    created, and with ``reopen_run`` marked RUNNING; every value it lacks logged; its tags; once
+    the trial ended, its summary and plot (when FINISHED) and its status, again whenever values
+    were added. Idempotent: a run that holds everything is left as it is. Returns how many
+    writes it took (0: the run was up to date)."""
+    if state.run_id is None:
+        run = child_run(client, experiment_id, parent_run_id, study.name, state.trial_id,
+                        state.swept, params, study.swept_keys)
+        state.run_id, state.tags = run.info.run_id, dict(run.data.tags)
+        state.run_status, state.logged = run.info.status, None
+        if reopen_run:
+            reopen(client, run)
+            state.run_status = "RUNNING"
+    if state.logged is None:
+        state.logged = logged_points(client, state.run_id)
+    new = state.missing()
+    log_entries(client, state.run_id, new)
+    state.logged.update({(key, step): value for key, step, value in new})
+    tags = state.tags_due()
+    for key, value in tags.items():
+        client.set_tag(state.run_id, key, value)
+        state.tags[key] = value
+    ended = state.status is not None and (state.run_status != state.status or bool(new))
+    if ended:
+        if state.status == "FINISHED" and state.summarise:
+            finish_trial(client, state.run_id, state.logged, rule,
+                         trial_title(study.name, state.trial_id, state.swept))
+        else:
+            client.set_terminated(state.run_id, state.status)
+        state.run_status = state.status
+    return len(new) + len(tags) + ended
+
+
+class MlflowUnreachable(ConnectionError):
+    """A write skipped: MLflow did not answer a moment ago."""
+
+
+_WRITER: ThreadPoolExecutor | None = None
+
+
+def writer() -> ThreadPoolExecutor:
+    """The one thread that writes per-level values asynchronously, in order, for every logger of
+    this process (a new driver's logger reads back what an earlier one wrote)."""
+    global _WRITER
+    if _WRITER is None:
+        _WRITER = ThreadPoolExecutor(1, thread_name_prefix="mlflow-writer")
+    return _WRITER
+
+
+def written(futures: list[Future], wait: bool) -> tuple[list[Future], bool]:
+    """(the writes still in flight, whether any finished write failed); with ``wait``, none is
+    left in flight."""
+    failed = False
+    for future in futures:
+        if wait or future.done():
+            failed = failed or future.exception() is not None
+    return ([] if wait else [f for f in futures if not f.done()]), failed
+
+
 class MlflowLevelLogger(Callback):
     """Tune callback (driver only): a parent run per sweep, a child run per trial, every level
-    and refinement point logged once, summaries at trial and sweep end."""
+    and refinement point logged once, summaries at trial and sweep end; what MLflow could not
+    take is kept and logged once it answers again."""
 
     def __init__(self, study, tracking_uri: str, experiment_name: str, *,
                  resolve_config: Callable[[Any, dict], Any] | None = None,
@@ -323,10 +514,12 @@ class MlflowLevelLogger(Callback):
         self._client: MlflowClient | None = None
         self._experiment_id: str | None = None
         self._parent_run_id: str | None = None
-        self._run_ids: dict[str, str] = {}  # Ray trial id -> MLflow run id
-        self._logged: dict[str, Logged] = {}  # Ray trial id -> values logged
-        self._pending: dict[str, list] = {}  # Ray trial id -> asynchronous writes in flight
-        self._workers: dict[str, str] = {}  # Ray trial id -> where it runs (WORKER_TAG)
+        self._trials: dict[str, TrialRun] = {}  # Ray trial id -> its run
+        self._retry_at = 0.0  # MLflow is left alone until then (monotonic clock)
+        self._next_step_check = 0.0
+        self.error: BaseException | None = None  # the last failure, while unresolved
+        self.outages = 0  # times MLflow stopped answering
+        self._summary_due = False  # the experiment ended; its summary is not logged yet
         self.report: Report | None = None  # the sweep's report, once the experiment ended
         self.background_summary = False  # set by a caller that waits in finish_summary()
         self._summary: threading.Thread | None = None
@@ -341,7 +534,9 @@ class MlflowLevelLogger(Callback):
         self.__dict__.update(state)
         self._forget_connection()
 
+    # ---- MLflow, when it answers -----------------------------------------------------------
     def _open(self) -> None:
+        short_retries()
         client = MlflowClient(self.tracking_uri)
         self._experiment_id = experiment_id_for(client, self.experiment_name, self.tracking_uri)
         self._parent_run_id = ensure_parent_run(client, self._experiment_id, self.study)
@@ -349,6 +544,7 @@ class MlflowLevelLogger(Callback):
                           self.rule.metric, self.study.name)
         self.link_lines = link_lines(self.tracking_uri, self._experiment_id, key)
         self._client = client
+        self._answered()
 
     def connect(self) -> MlflowClient:
         """The MLflow client; on first use also the experiment and the sweep's parent run."""
@@ -356,75 +552,163 @@ class MlflowLevelLogger(Callback):
             self._open()
         return self._client
 
-    def flush(self, trial_id: str | None = None) -> None:
-        """Wait for the asynchronous writes of one trial (or of all)."""
-        for key in [trial_id] if trial_id is not None else list(self._pending):
-            for operations in self._pending.pop(key, []):
-                operations.wait()
-
     @property
     def parent_run_id(self) -> str:
         """The sweep's parent run id (connecting on first use)."""
         self.connect()
         return self._parent_run_id
 
-    def trial_run_id(self, trial, reopen_run: bool = False) -> str:
-        """The trial's run id, found or created on first use (or when reopening a started trial);
-        what it has logged is then read back from MLflow."""
+    def _failed(self, error: BaseException) -> None:
+        """MLflow did not answer: leave it alone for RETRY_SECONDS (any thread)."""
+        if self.error is None:
+            self.outages += 1
+        self.error = error
+        self._retry_at = time.monotonic() + RETRY_SECONDS
+
+    def _try(self, write: Callable[[], None], now: bool = False) -> bool:
+        """Run MLflow writes unless MLflow failed less than RETRY_SECONDS ago (or ``now``); a
+        failure is remembered, the writes' state says what is still to do."""
+        if not now and time.monotonic() < self._retry_at:
+            return False
+        try:
+            write()
+        except UNREACHABLE as error:
+            self._failed(error)
+            return False
+        return True
+
+    def _answered(self) -> None:
+        """MLflow took a write: a later failure is a new outage."""
+        self.error = None
+
+    def _params(self, swept: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+        return lambda: flatten(self.resolve_config(self.study, swept).model_dump(mode="json"))
+
+    def _settle(self, state: TrialRun, wait: bool) -> None:
+        """Collect the trial's finished asynchronous writes; a failed one means MLflow's values
+        are read back again."""
+        state.pending, failed = written(state.pending, wait)
+        if failed:
+            state.logged = None
+
+    def _write(self, state: TrialRun) -> None:
+        """Bring one trial's run up to date, synchronously (``write_trial_run``)."""
+        client = self.connect()
+        if state.logged is None or state.status is not None:
+            self._settle(state, wait=True)  # what is read back or summarised has landed
+        if state.logged is None:  # ... and every earlier write (an earlier driver's too)
+            writer().submit(lambda: None).result()
+        write_trial_run(client, self._experiment_id, self._parent_run_id, self.study, state,
+                        self.rule, self._params(state.swept), reopen_run=True)
+        self._answered()
+
+    def _log_async(self, run_id: str, entries: list[tuple[str, int, float]]) -> None:
+        """In the writer thread: skipped while MLflow is left alone."""
+        if time.monotonic() < self._retry_at:
+            raise MlflowUnreachable("MLflow did not answer a moment ago")
+        try:
+            log_entries(self._client, run_id, entries)
+        except UNREACHABLE as error:
+            self._failed(error)
+            raise
+        self._answered()
+
+    def _submit(self, state: TrialRun) -> None:
+        """Log the trial's new values asynchronously (the driver answers the trial at once)."""
+        new = state.missing()
+        if new:
+            state.pending.append(writer().submit(self._log_async, state.run_id, new))
+            state.logged.update({(key, step): value for key, step, value in new})
+
+    def _catch_up(self, current: TrialRun | None = None) -> None:
+        """Every trial's run up to date, the current trial's new values asynchronously when its
+        run is known; nothing while MLflow is left alone."""
+        for state in self._trials.values():
+            self._settle(state, wait=False)
+
+        def write() -> None:
+            self.connect()
+            for state in self._trials.values():
+                if state is current and state.run_id is not None and state.logged is not None:
+                    self._submit(state)
+                if state.behind:
+                    self._write(state)
+
+        self._try(write)
+
+    def _trial(self, trial) -> TrialRun:
         trial_id, swept = trial_identity(trial)
-        if reopen_run or trial_id not in self._run_ids:
-            params = flatten(self.resolve_config(self.study, swept).model_dump(mode="json"))
-            run_id = ensure_child_run(self.connect(), self._experiment_id, self.parent_run_id,
-                                      self.study.name, trial_id, swept, params,
-                                      self.study.swept_keys)
-            self._run_ids[trial_id] = run_id
-            self._logged[trial_id] = logged_points(self.connect(), run_id)
-        return self._run_ids[trial_id]
+        if trial_id not in self._trials:
+            self._trials[trial_id] = TrialRun(trial_id, swept)
+        return self._trials[trial_id]
+
+    # ---- what tests and callers read -------------------------------------------------------
+    def trial_run_id(self, trial) -> str:
+        """The trial's run id, found or created (MLflow must answer)."""
+        state = self._trial(trial)
+        if state.behind:
+            self._write(state)
+        return state.run_id
 
     def trial_levels(self, trial) -> list[LevelRecord]:
         """The trial's levels and refinement points logged so far, in level order."""
+        state = self._trial(trial)
         self.trial_run_id(trial)
-        return records_of(self._logged[trial_identity(trial)[0]])
+        self._settle(state, wait=True)
+        return records_of(state.logged or {})
 
+    def unlogged(self) -> str | None:
+        """What MLflow still lacks, in words (None: it holds everything), once the writes in
+        flight have landed or failed."""
+        for state in self._trials.values():
+            self._settle(state, wait=True)
+        behind = sum(1 for state in self._trials.values() if state.behind)
+        parts = [f"{behind} trial run{'s' if behind != 1 else ''}"] if behind else []
+        if self._summary_due:
+            parts.append("the sweep's summary")
+        return " and ".join(parts) or None
+
+    # ---- Tune's hooks ----------------------------------------------------------------------
     def setup(self, **info) -> None:
-        self.connect()
+        self._try(self.connect)
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        now = time.monotonic()
+        if now >= self._next_step_check:  # Tune's loop turns often: once a second is enough
+            self._next_step_check = now + 1.0
+            if any(state.behind for state in self._trials.values()):
+                self._catch_up()
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self.trial_run_id(trial, reopen_run=True)
+        state = self._trial(trial)
+        self._settle(state, wait=True)  # a restarted trial's earlier writes land first
+        state.restart()
+        self._catch_up()
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if "level" not in result:
             return
-        run_id = self.trial_run_id(trial)
-        trial_id = trial_identity(trial)[0]
-        log_point(self.connect(), run_id, result, self._logged[trial_id],
-                  self._pending.setdefault(trial_id, []))
-        if "pid" in result:  # Tune adds where the trial runs to every result
-            worker = f"{result.get('hostname')} ({result.get('node_ip')}) pid {result['pid']}"
-            if self._workers.get(trial_id) != worker:
-                self.connect().set_tag(run_id, WORKER_TAG, worker)
-                self._workers[trial_id] = worker
+        state = self._trial(trial)
+        state.add(result)
+        state.worker = worker_label(result) or state.worker  # Tune adds where the trial runs
+        self._catch_up(current=state)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        run_id = self.trial_run_id(trial)
-        trial_id, swept = trial_identity(trial)
-        self.flush(trial_id)
-        title = f"{self.study.name} {trial_id}: " + ", ".join(
-            f"{key}={swept[key]}" for key in sorted(swept))
-        finish_trial(self.connect(), run_id, self._logged[trial_id], self.rule, title)
+        self._trial(trial).status = "FINISHED"
+        self._catch_up()
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        run_id = self.trial_run_id(trial)
-        self.flush(trial_identity(trial)[0])
+        state = self._trial(trial)
         if trial.config.get("_refine"):
             # The sweep's trial itself finished: a failed refinement leaves its run in the report
             # (FINISHED, with what was refined) and says so in a tag.
-            self.connect().set_tag(run_id, REFINE_FAILED_TAG, trial.trial_id)
-            self.connect().set_terminated(run_id, "FINISHED")
-            return
-        self.connect().set_terminated(run_id, "FAILED")
+            state.status, state.summarise, state.refine_failed = "FINISHED", False, trial.trial_id
+        else:
+            state.status = "FAILED"
+        self._catch_up()
 
     def on_experiment_end(self, trials, **info) -> None:
+        self._summary_due = True
         if self.background_summary:
             # The caller shuts Ray down meanwhile, then waits in finish_summary().
             self._summary = threading.Thread(target=self._summarise, name="mlflow-summary")
@@ -439,16 +723,29 @@ class MlflowLevelLogger(Callback):
             self._summary = None
 
     def _summarise(self) -> None:
-        """The sweep's report, logged to the parent run, which is then FINISHED."""
-        client = self.connect()
-        self.flush()
+        """Every trial's run up to date, then the sweep's report logged to the parent run, which
+        is then FINISHED; MLflow may take END_WAIT_SECONDS to answer again."""
+        deadline = time.monotonic() + END_WAIT_SECONDS
+        while not self._try(self._finish_all, now=True) and time.monotonic() < deadline:
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+
+    def _finish_all(self) -> None:
+        self.connect()
+        for state in self._trials.values():
+            self._settle(state, wait=True)
+            if state.behind:
+                self._write(state)
+        if not self._summary_due:
+            return
         try:
             report = build_report(self.tracking_uri, self.experiment_name,
                                   self.rule.tolerance_pp, sweep=self.study.name,
                                   metric=self.rule.metric)
-        except ValueError as error:  # no trial finished its dense level: nothing to summarise
+        except ReportUnavailable as error:  # no trial finished its dense level: no summary
             logger.warning("no sweep summary: %s", error)
         else:
-            log_sweep_summary(client, self.parent_run_id, report)
+            log_sweep_summary(self._client, self._parent_run_id, report)
             self.report = report
-        client.set_terminated(self.parent_run_id, "FINISHED")
+        self._client.set_terminated(self._parent_run_id, "FINISHED")
+        self._summary_due = False
+        self._answered()

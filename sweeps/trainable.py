@@ -4,8 +4,9 @@ report each level with a checkpoint.
 ``imp_trial`` trains the levels; then (``imp.control_levels: breakdown``) the controls at the levels
 their bisection needs; then (``breakdown.refine: K``) refinement points inside the brackets. Every
 point is reported once, as it is finished: a flat record of the point (``LevelRecord.flat``) and
-the trial's breakdown so far. ``refine_trial`` runs the refinement of one finished trial
-(``lt-sweep refine``).
+the trial's breakdown so far. A trial whose ticket diverges (``diverged`` 1 in its result) ends
+its levels there and finishes normally: the other trials go on. ``refine_trial`` runs the
+refinement of one finished trial (``lt-sweep refine``).
 
 The run directory lives under the sweep's storage (``<storage>/<name>/runs/<trial_id>``). Each
 report's Tune checkpoint also carries what is needed to continue (config, init and rewind weights,
@@ -30,20 +31,40 @@ from ray import tune
 from lt_core.breakdown import BreakdownRule, levels_below, trial_summary
 from lt_core.config import ExperimentConfig
 from lt_core.data import TensorData, load_dataset
-from lt_core.imp import ImpRun, resolve_device
+from lt_core.imp import ImpRun, resolve_device, run_records
 from lt_core.levels import LevelRecord
-from lt_core.rundir import atomic_write_json, metrics_file, read_json
+from lt_core.rundir import atomic_write_json, level_dir, metrics_file, read_json
 from sweeps.layout import SYSTEM_PREFIX
 from sweeps.study import Study, trial_config
 
 # Tune's live table shows the first four numeric keys of a result: these lead it.
 RESULT_ORDER = ("level", "density", "test_acc", "breakdown_sparsity")
 REPORTED_FILE = "reported.json"  # in a Tune checkpoint: the points reported so far
+# In a point's folder of the run directory: the trial's resource use (SYSTEM_PREFIX values) when
+# the point was first reported, as MLflow has it at its step (read back by `lt-sweep sync`).
+SYSTEM_FILE = "system.json"
 REFINE_KEY = "_refine"  # a refinement trial's config: {"trial_id": ..., "swept": {...}}
 
 
 def run_directory(study: Study, trial_id: str) -> Path:
     return study.storage_path / study.name / "runs" / trial_id
+
+
+def keep_system_sample(run_dir: Path, record: LevelRecord, sample: dict[str, float]) -> None:
+    """The resources measured when a point is first reported, kept beside it."""
+    path = level_dir(run_dir, record.level, record.sublevel) / SYSTEM_FILE
+    if not path.exists():
+        atomic_write_json(sample, path)
+
+
+def point_values(run_dir: Path) -> list[dict[str, Any]]:
+    """Every finished point of a run directory as the trial reports it: its flat values
+    (``LevelRecord.flat``) and the resources measured when it was first reported."""
+    values = []
+    for record in run_records(run_dir):
+        path = level_dir(run_dir, record.level, record.sublevel) / SYSTEM_FILE
+        values.append({**record.flat(), **(read_json(path) if path.exists() else {})})
+    return values
 
 
 def report_id(record: LevelRecord) -> str:
@@ -152,7 +173,9 @@ class Reporter:
             _write_resume_kit(self.run, Path(folder), self.reported,
                               self.run.files_to_continue(self.rule, self.refine))
             result = point_result(record, self.run.records(), self.rule, self.run.out)
-            tune.report({**result, **self.meter.sample()},
+            sample = self.meter.sample()
+            keep_system_sample(self.run.out, record, sample)
+            tune.report({**result, **sample},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
     def each(self, points: Iterable[dict]) -> None:
@@ -196,9 +219,9 @@ def imp_trial(params: dict, study: Study) -> None:
     breakdown = study.breakdown
     refine = (breakdown.refine_networks, breakdown.refine) if breakdown.refine else None
     run, report = _start(study, params, tune.get_context().get_trial_id(), refine)
-    for level in run.levels:
-        report(run.run_level(level))
-        done = [r for r in run.records() if r.level <= level]
+    for metrics in run.train_levels():  # ends early at a level whose ticket diverged
+        report(metrics)
+        done = [r for r in run.records() if r.level <= metrics["level"]]
         if breakdown.early_stop and levels_below(done, breakdown.rule) >= breakdown.patience:
             break
     if run.config.imp.control_levels == "breakdown":

@@ -37,6 +37,7 @@ import yaml
 from mlflow import MlflowClient
 
 from sweeps.layout import CONFIG_TAG, ROLE_TAG, WORKER_TAG
+from tests.sweep_helpers import live_pids
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = REPO / "ray_cluster.yaml"
@@ -74,28 +75,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
-
-
-def _live_pids(match: Callable[[bytes, bytes], bool]) -> list[int]:
-    """Live (not zombie) processes for which match(cmdline, environ) holds."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-            if state in (b"Z", b"X"):
-                continue
-            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                cmdline = f.read()
-            with open(f"/proc/{entry.name}/environ", "rb") as f:
-                environ = f.read()
-        except (OSError, IndexError):
-            continue  # gone, or not ours to read
-        if match(cmdline, environ):
-            found.append(int(entry.name))
-    return found
 
 
 class Processes:
@@ -146,7 +125,7 @@ class Processes:
     def ours(self) -> list[int]:
         marker = self.marker.encode()
         temp = str(self.temp_dir).encode() if self.temp_dir else None
-        return _live_pids(lambda cmd, environ: marker in environ.split(b"\0")
+        return live_pids(lambda cmd, environ: marker in environ.split(b"\0")
                           or (temp is not None and temp in cmd))
 
     def kill_all(self, timeout: float = 20.0) -> None:

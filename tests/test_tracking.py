@@ -1,10 +1,12 @@
 """MLflow logging from the Tune driver, against a real SQLite MLflow store and real Tune Trials:
 run reuse by Ray trial id and sweep, no duplicate level steps (also after a driver restart),
-summaries at trial and sweep end."""
+summaries at trial and sweep end, and a store that stops answering for a while."""
 
 from __future__ import annotations
 
+import inspect
 import pickle
+import time
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,6 +16,7 @@ from mlflow import MlflowClient
 from ray.tune.experiment import Trial
 
 from lt_core.config import config_from_dict
+from sweeps import tracking
 from sweeps.report import build_report
 from sweeps.study import Breakdown
 from sweeps.tracking import (MlflowLevelLogger, config_label, ensure_child_run, ensure_parent_run,
@@ -302,3 +305,88 @@ def test_breakdown_metric_is_the_studys(store, tmp_path, request):
     text = Path(client.download_artifacts(parent.info.run_id, "breakdown.txt",
                                           str(tmp_path))).read_text()
     assert "where early_stop_acc falls 1 pp below" in text
+
+
+class StoreOutage:
+    """The tracking store stops answering: while ``down``, every call of the SQLite store's
+    public methods raises what MLflow's REST client raises for a server that refuses
+    connections."""
+
+    def __init__(self, monkeypatch):
+        from mlflow.exceptions import MlflowException
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        self.down = False
+
+        def failing(method):
+            def call(*args, **kwargs):
+                if self.down:
+                    raise MlflowException("API request to http://127.0.0.1:5000 failed with "
+                                          "exception ... [Errno 111] Connection refused'))")
+                return method(*args, **kwargs)
+            return call
+
+        for name, method in vars(SqlAlchemyStore).items():
+            if not name.startswith("_") and inspect.isfunction(method):
+                monkeypatch.setattr(SqlAlchemyStore, name, failing(method))
+
+
+def test_what_mlflow_missed_is_logged_once_it_answers(store, tmp_path, request, monkeypatch):
+    """Down from level 1 to past the trial's end: no hook raises or waits, the trial's levels,
+    summary and status are kept and logged at the first callback once MLflow answers again
+    (after RETRY_SECONDS), each level once, before the sweep ends."""
+    monkeypatch.setattr(tracking, "RETRY_SECONDS", 0.2)
+    outage = StoreOutage(monkeypatch)
+    logger = MlflowLevelLogger(make_study(tmp_path), store, request.node.name,
+                               resolve_config=resolve_config)
+    logger.setup()
+    trial = make_trial("trial_00000", 0.2, 0)
+    logger.on_trial_start(0, [trial], trial)
+    logger.on_trial_result(0, [trial], trial, RESULTS[0])
+    outage.down = True
+    for result in RESULTS[1:]:
+        logger.on_trial_result(0, [trial], trial, result)
+    logger.on_trial_complete(0, [trial], trial)
+    logger.on_step_end(0, [trial])
+    assert logger.outages == 1 and "Connection refused" in tracking.short_reason(logger.error)
+    assert logger.unlogged() == "1 trial run"
+
+    outage.down = False
+    time.sleep(1.1)  # past RETRY_SECONDS and the once-a-second check of Tune's loop
+    logger.on_step_end(0, [trial])
+    assert logger.error is None and logger.unlogged() is None
+    client = MlflowClient(store)
+    run = client.get_run(logger.trial_run_id(trial))
+    assert run.info.status == "FINISHED"
+    for key in ("test_acc", "density", "early_stop_acc"):
+        assert steps(client, run.info.run_id, key) == [0, 1, 2, 3], key
+    assert steps(client, run.info.run_id, "reinit_test_acc") == [1, 2, 3]
+    assert run.data.metrics["breakdown_sparsity"] == pytest.approx(1 - 0.8**2)
+
+    logger.on_experiment_end([trial])
+    assert logger.unlogged() is None and logger.report is not None
+    assert client.get_run(logger.parent_run_id).info.status == "FINISHED"
+
+
+def test_mlflow_down_at_the_sweeps_end_is_reported_not_raised(store, tmp_path, request,
+                                                              monkeypatch):
+    """Still down at the end: the summary waits END_WAIT_SECONDS for MLflow, then gives up
+    without raising; the logger says what MLflow lacks."""
+    monkeypatch.setattr(tracking, "END_WAIT_SECONDS", 0.5)
+    outage = StoreOutage(monkeypatch)
+    logger = MlflowLevelLogger(make_study(tmp_path), store, request.node.name,
+                               resolve_config=resolve_config)
+    logger.setup()
+    trial = make_trial("trial_00000", 0.2, 0)
+    logger.on_trial_start(0, [trial], trial)
+    outage.down = True
+    for result in RESULTS:
+        logger.on_trial_result(0, [trial], trial, result)
+    logger.on_trial_complete(0, [trial], trial)
+    started = time.monotonic()
+    logger.on_experiment_end([trial])
+    assert 0.5 <= time.monotonic() - started < 5
+    assert logger.unlogged() == "1 trial run and the sweep's summary"
+    outage.down = False
+    run = MlflowClient(store).get_run(logger.trial_run_id(trial))
+    assert run.info.status == "FINISHED"  # trial_run_id brought it up to date
