@@ -161,6 +161,10 @@ CASES: dict[str, tuple[Case, str]] = {
                                   "--tolerance: -1"),
     "resume of a folder that is not a sweep": (lambda t, n: ["resume", str(t)],
                                                "not an lt-sweep results directory"),
+    "sync of a folder that is not a sweep": (lambda t, n: ["sync", str(t)],
+                                             "not an lt-sweep results directory"),
+    "refine of a folder that is not a sweep": (lambda t, n: ["refine", str(t)],
+                                               "not an lt-sweep results directory"),
 }
 
 
