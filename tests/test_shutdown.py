@@ -20,7 +20,7 @@ import pytest
 from tests.sweep_helpers import (QUICKSTART, live_pids, metric_steps, small_sweep_args,
                                  sweep_runs)
 
-LEVELS = 6
+LEVELS = 4
 
 
 def processes_with(marker: bytes) -> list[int]:
