@@ -21,8 +21,8 @@ LEVELS = 10  # the quickstart's
 
 
 @pytest.fixture
-def study():
-    return load_study(QUICKSTART)
+def study(npz_path):
+    return load_study(QUICKSTART, [f"base.data.path={npz_path}"])
 
 
 def trial(trial_id: str, rate: float, scope: str, storage=None) -> Trial:

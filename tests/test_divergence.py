@@ -248,8 +248,8 @@ def test_the_report_shows_a_diverged_configuration_not_a_breakdown(store, tmp_pa
         assert figure(tmp_path / f"{figure.__name__}.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_the_console_says_diverged() -> None:
-    study = load_study(QUICKSTART)
+def test_the_console_says_diverged(npz_path) -> None:
+    study = load_study(QUICKSTART, [f"base.data.path={npz_path}"])
     out = io.StringIO()
     view = SweepConsole(study, ["ticket", "reinit"], "test_acc", every=1e9, stream=out,
                         interactive=False)
