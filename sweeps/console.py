@@ -181,13 +181,11 @@ class SweepConsole(Callback):
         sweep's storage (Tune writes it in the driver's staging folder first, then syncs it)."""
         name = trial.run_metadata.error_filename
         kept = Path(trial.path, name) if name else Path(trial.path)
-        last = ""
-        for path in (kept, trial.error_file) if name and not kept.is_file() else (kept,):
-            if path and Path(path).is_file():
-                lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
-                last = lines[-1].strip() if lines else ""
-                break
-        return f"{last or 'the trial failed'} (full log: {kept})"
+        staged = Path(trial.error_file) if name and not kept.is_file() else None  # not synced yet
+        written = kept if kept.is_file() else staged
+        lines = ([line for line in written.read_text().splitlines() if line.strip()]
+                 if written is not None and written.is_file() else [])
+        return f"{lines[-1].strip() if lines else 'the trial failed'} (full log: {kept})"
 
     def on_step_end(self, iteration, trials, **info) -> None:
         for trial in trials:
