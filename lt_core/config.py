@@ -14,9 +14,11 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
                       ValidationError, model_validator)
 
+from lt_core.analyses import ANALYSES
 from lt_core.controls import CONTROLS
 from lt_core.errors import ConfigError
 from lt_core.masks import STRUCTURES
+from lt_core.metrics import TICKET
 from lt_core.models import MODELS
 from lt_core.pruning import CRITERIA
 from lt_core.retrain import RETRAIN_MODES
@@ -50,6 +52,8 @@ CriterionName = Annotated[str, registered(CRITERIA, "pruning criterion")]
 StructureName = Annotated[str, registered(STRUCTURES, "pruning structure")]
 ControlName = Annotated[str, registered(CONTROLS, "control")]
 RetrainName = Annotated[str, registered(RETRAIN_MODES, "retrain mode")]
+AnalysisName = Annotated[str, registered(ANALYSES, "analysis")]
+NetworkName = Annotated[str, registered({TICKET: None, **CONTROLS}, "network")]
 
 
 class _Strict(BaseModel):
@@ -144,6 +148,39 @@ class ImpConfig(_Strict):
     # Where controls are trained: every pruned level, or (after the ticket's levels) only the
     # levels a bisection over each control's own breakdown needs (lt_core.breakdown).
     control_levels: Literal["all", "breakdown"] = "all"
+    # Analyses (lt_core.analyses.ANALYSES) of the networks in ``analyses_on`` at every point.
+    analyses: list[AnalysisName] = []
+    analyses_on: list[NetworkName] = [TICKET]
+    # Ticket transfer: train another run's tickets (its masks and rewind weights) on this
+    # config's data, optimizer and schedule, at its grid levels ``ticket_levels`` (default: every
+    # finished one). The output layer is re-initialised when the number of classes differs.
+    # ``imp.levels`` and ``pruning`` then play no part.
+    ticket_from: AbsolutePath | None = None
+    ticket_levels: list[Annotated[int, Field(ge=0)]] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ImpConfig":
+        missing = [n for n in self.analyses_on if n != TICKET and n not in self.controls]
+        if missing:
+            raise ValueError(f"analyses_on: {missing[0]!r} is not in imp.controls")
+        if self.ticket_levels is not None and self.ticket_from is None:
+            raise ValueError("ticket_levels needs ticket_from")
+        if self.ticket_from is not None:
+            if self.retrain != "rewind" or Step.parse(self.rewind) != Step(0, 0):
+                raise ValueError("ticket_from trains each transferred ticket from its rewind "
+                                 "weights with this config's whole schedule: it needs retrain "
+                                 "'rewind' and rewind 0it")
+            if self.ticket_levels is not None and len(set(self.ticket_levels)) != len(
+                    self.ticket_levels):
+                raise ValueError("ticket_levels lists a level twice")
+        return self
+
+
+class InstabilityConfig(_Strict):
+    """Options of the instability analysis (lt_core.analyses.instability)."""
+    points: int = Field(30, ge=3)  # evaluated points on the line between the copies, ends included
+    threshold: float = Field(2.0, gt=0.0)  # error barrier (pp) above which a network is unstable
+    train_examples: int = Field(5000, ge=1)  # train error and BatchNorm statistics on these
 
 
 class ExperimentConfig(_Strict):
@@ -152,6 +189,7 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = TrainConfig()
     pruning: PruningConfig = PruningConfig()
     imp: ImpConfig = ImpConfig()
+    instability: InstabilityConfig = InstabilityConfig()
     seed: int = 0
     # "auto" = cuda if available, else cpu
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")

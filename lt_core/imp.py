@@ -39,7 +39,8 @@ import torch
 from lt_core.breakdown import (BreakdownRule, bracket_candidates, dense_accuracy, levels_still_asked,
                                next_level_to_measure, refinement_plan)
 from lt_core.config import ExperimentConfig, config_from_dict
-from lt_core.controls import CONTROLS, ControlInputs
+from lt_core.analyses import ANALYSES, AnalysisInputs
+from lt_core.controls import CONTROLS, ControlInputs, ControlStart
 from lt_core.data import TensorData, load_dataset
 from lt_core.errors import RunDirMismatch
 from lt_core.levels import SUBLEVELS, LevelRecord
@@ -49,9 +50,10 @@ from lt_core.metrics import TICKET
 from lt_core.models import build_model
 from lt_core.pruning import ScoreContext, prune
 from lt_core.retrain import RETRAIN_MODES
-from lt_core.rundir import (atomic_save, atomic_write_json, atomic_write_text, config_file,
-                            final_file, init_file, level_dir, load_tensors, mask_file,
-                            metrics_file, network_files, point_dirs, read_json, rewind_file)
+from lt_core.rundir import (analysis_dir, analysis_result_file, atomic_save, atomic_write_json,
+                            atomic_write_text, config_file, copy_files, final_file, init_file,
+                            level_dir, load_tensors, mask_file, metrics_file, network_files,
+                            point_dirs, read_json, rewind_file)
 from lt_core.steps import Step
 from lt_core.training import TrainOutcome, steps_per_epoch, total_iterations, train
 
@@ -167,7 +169,7 @@ class ImpRun:
             raise RuntimeError(f"level {level}: the ticket diverged at level {level - 1}, "
                                f"which ends the pruning")
         masks = self._masks_for(level)
-        ticket = self._train_network(level, 0, TICKET, self._ticket_start(level), masks)
+        ticket = self._trained(level, 0, TICKET, self._ticket_start(level), masks)
         metrics = {"level": level, "density": density(masks), "sparsity": 1 - density(masks),
                    **ticket, "controls": {}}
         if level > 0 and self.config.imp.control_levels == "all":
@@ -223,8 +225,8 @@ class ImpRun:
                     "sparsity": 1 - density(masks), "controls": {}})
         for network in networks:
             if network == TICKET and "test_acc" not in metrics:
-                metrics.update(self._train_network(level, sublevel, TICKET,
-                                                   self._ticket_start(level, sublevel), masks))
+                metrics.update(self._trained(level, sublevel, TICKET,
+                                             self._ticket_start(level, sublevel), masks))
             elif network != TICKET and network not in metrics["controls"]:
                 metrics["controls"][network] = self._train_control(level, sublevel, network, masks)
         # Keys in a stable order: the point, the ticket, then the controls.
@@ -287,7 +289,9 @@ class ImpRun:
         refinement points' sources, and while a refined control's bisection is open the weights
         of every level that may become its bracket. The files that exist, each once."""
         files = [config_file(self.out), init_file(self.out), rewind_file(self.out)]
-        files += [metrics_file(folder) for _, _, folder in point_dirs(self.out)]
+        for _, _, folder in point_dirs(self.out):
+            if metrics_file(folder).exists():  # a finished point: its summary and curves
+                files += [metrics_file(folder), *sorted(folder.glob("analyses/*/*/curve.json"))]
         last = max(self.finished_levels(), default=-1)
         if last < self.config.imp.levels and self.diverged_level() is None:
             files += self.inputs(last + 1)
@@ -347,18 +351,79 @@ class ImpRun:
         return self._load(self._start_file(level, sublevel))
 
     # ---- training -----------------------------------------------------------------------------
-    def _train_control(self, level: int, sublevel: int, name: str, masks: Masks) -> dict:
+    def _control_start(self, level: int, sublevel: int, name: str, masks: Masks) -> ControlStart:
+        """What control ``name`` trains at a point: deterministic in (seed, point, name)."""
         seed = (derived_seed(self.config.seed, level, name) if sublevel == 0 else
                 derived_seed(self.config.seed, level, sublevel, name))
         model = build_model(self.config.model.name, self.data.input_shape, self.data.num_classes)
-        start = CONTROLS[name](ControlInputs(
+        return CONTROLS[name](ControlInputs(
             self._ticket_start(level, sublevel), masks,
             lambda: self._fresh_model(seed).state_dict(), torch.Generator().manual_seed(seed),
             self._plan(model)))
-        result = self._train_network(level, sublevel, name, start.state, start.masks)
+
+    def _train_control(self, level: int, sublevel: int, name: str, masks: Masks) -> dict:
+        start = self._control_start(level, sublevel, name, masks)
+        result = self._trained(level, sublevel, name, start.state, start.masks)
         point = {"level": level, **({"sublevel": sublevel} if sublevel else {}),
                  "density": density(start.masks), "sparsity": 1 - density(start.masks)}
         return {**point, **result}
+
+    def _trained(self, level: int, sublevel: int, name: str, state: dict, masks: Masks) -> dict:
+        """Train one network of a point (or read its stored result), then run the study's
+        analyses on it (``imp.analyses``, for the networks in ``imp.analyses_on``)."""
+        result = self._train_network(level, sublevel, name, state, masks)
+        if name in self.config.imp.analyses_on:
+            for analysis in self.config.imp.analyses:
+                result = {**result, **self._analyse(analysis, level, sublevel, name, masks,
+                                                    result)}
+        return result
+
+    def _analyse(self, analysis: str, level: int, sublevel: int, name: str, masks: Masks,
+                 result: dict) -> dict:
+        """One analysis of one trained network, or its stored measurements."""
+        folder = analysis_dir(level_dir(self.out, level, sublevel), analysis, name)
+        if analysis_result_file(folder).exists():
+            return read_json(analysis_result_file(folder))
+        final = self._model_from(self._load(network_files(level_dir(self.out, level, sublevel),
+                                                          name).final))
+
+        def train_copy(seed: int) -> tuple[torch.nn.Module, TrainOutcome]:
+            return self._train_copy(level, sublevel, name, masks, folder, seed)
+
+        measured = ANALYSES[analysis](AnalysisInputs(
+            self.config, self.data, name, masks, final, result, train_copy,
+            derived_seed(self.config.seed, level, sublevel, name, analysis), folder))
+        atomic_write_json(measured, analysis_result_file(folder))
+        return measured
+
+    def _network_start(self, level: int, sublevel: int, name: str, masks: Masks) -> dict:
+        """The weights a network of a point trains from (the ticket's or a control's)."""
+        if name == TICKET:
+            return self._ticket_start(level, sublevel)
+        return self._control_start(level, sublevel, name, masks).state
+
+    def _train_copy(self, level: int, sublevel: int, name: str, masks: Masks, folder: Path,
+                    seed: int) -> tuple[torch.nn.Module, TrainOutcome]:
+        """A second copy of a network from its start with the data order of ``seed``: from the
+        rewind point with the point's masks (the dense level's copy from ``rewind.pt``); the
+        stored copy when it is finished, resumed when interrupted."""
+        files = copy_files(folder)
+        if files.result.exists() and files.final.exists():
+            model = self._model_from(self._load(files.final))
+            history = read_json(files.history)
+            return model, TrainOutcome(**read_json(files.result), history=history)
+        dense = level == 0 and sublevel == 0
+        state = (self._load(rewind_file(self.out)) if dense else
+                 self._network_start(level, sublevel, name, masks))
+        model = self._model_from(state)
+        apply_masks(model, masks)
+        outcome = self._train(level, sublevel, f"{name}/copy", model, masks, files.checkpoint,
+                              seed=seed, from_rewind=True)
+        atomic_save(model.state_dict(), files.final)
+        atomic_write_json(outcome.history, files.history)
+        atomic_write_json(outcome.metrics(), files.result)
+        files.checkpoint.unlink(missing_ok=True)
+        return model, outcome
 
     def _train_network(self, level: int, sublevel: int, name: str, state: dict,
                        masks: Masks) -> dict:
@@ -376,25 +441,30 @@ class ImpRun:
         return outcome.metrics()
 
     def _train(self, level: int, sublevel: int, name: str, model: torch.nn.Module, masks: Masks,
-               checkpoint: Path) -> TrainOutcome:
+               checkpoint: Path, seed: int | None = None, from_rewind: bool = False
+               ) -> TrainOutcome:
+        """Train a network of a point to the end: pruned points (and, with ``from_rewind``, any
+        point) from the rewind iteration, the dense level from 0; data order by ``seed`` (the
+        experiment's by default)."""
         train_config = self.config.train
         spe = steps_per_epoch(self.data, train_config)
         schedule = lr_schedule(train_config, spe)
         end = total_iterations(self.data, train_config)
         rewind_iter = min(Step.parse(self.config.imp.rewind).iterations(spe), end)
         pruned = level > 0 or sublevel > 0
-        start = rewind_iter if pruned else 0
+        start = rewind_iter if pruned or from_rewind else 0
         lr_at = schedule
         if pruned:
             lr_at = RETRAIN_MODES[self.config.imp.retrain].lr_at(schedule, end)
         snapshot = None
-        if not pruned and not rewind_file(self.out).exists():
+        if not pruned and not from_rewind and not rewind_file(self.out).exists():
             snapshot = lambda m: atomic_save(m.state_dict(), rewind_file(self.out))  # noqa: E731
         on_eval = None
         if self.progress:
             label = name if not sublevel else f"{name}@{level}.{sublevel:03d}"
             on_eval = lambda record: self.progress(level, label, record["iteration"], end,  # noqa
                                                    record)
-        return train(model, masks, self.data, train_config, seed=self.config.seed, start=start,
+        seed = self.config.seed if seed is None else seed
+        return train(model, masks, self.data, train_config, seed=seed, start=start,
                      end=end, lr_at=lr_at, checkpoint=checkpoint, snapshot_at=rewind_iter,
                      on_snapshot=snapshot, on_eval=on_eval)

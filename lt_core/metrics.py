@@ -19,8 +19,13 @@ TICKET = "ticket"
 # else 0.0. In metrics.json it is the network's STATUS_KEY: STATUS_OK or STATUS_DIVERGED.
 DIVERGED = "diverged"
 STATUS_KEY, STATUS_OK, STATUS_DIVERGED = "status", "ok", "diverged"
+# The instability analysis (lt_core.analyses.instability): the error barrier on the linear path
+# to a second copy trained with another data order, in percentage points of test (train) error,
+# and that copy's final test accuracy.
+INSTABILITY, INSTABILITY_TRAIN, COPY_TEST_ACC = "instability", "instability_train", "copy_test_acc"
 NETWORK_KEYS = ("test_acc", "best_test_acc", "early_stop_acc", "test_loss", "train_loss",
-                "early_stop_iter", "train_seconds", DIVERGED)
+                "early_stop_iter", "train_seconds", DIVERGED, INSTABILITY, INSTABILITY_TRAIN,
+                COPY_TEST_ACC)
 ACCURACY_METRICS = ("test_acc", "early_stop_acc", "best_test_acc")
 # Keys of the level itself (every network of a level shares its density).
 POINT_KEYS = ("level", "sublevel", "density", "sparsity")

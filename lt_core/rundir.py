@@ -4,6 +4,9 @@
     OUT/level_NN/            a grid level: mask.pt, final.pt, ticket.json, history_ticket.json,
                              metrics.json (written last: the level is finished),
                              controls/NAME/{final.pt, metrics.json, history.json}
+                             analyses/ANALYSIS/NETWORK/   an analysis of one network
+                               (lt_core.analyses): result.json (written last), curve.json,
+                               copy.json, copy_final.pt, copy_history.json
     OUT/level_NN.SSS/        a refinement point SSS thousandths of a level past level NN, laid out
                              like a level (only the networks refined there)
 
@@ -83,6 +86,27 @@ def network_files(folder: Path, network: str) -> NetworkFiles:
     own = folder / "controls" / network
     return NetworkFiles(own / "metrics.json", own / "final.pt", own / "history.json",
                         own / "checkpoint.pt")
+
+
+def analysis_dir(folder: Path, analysis: str, network: str) -> Path:
+    """Where an analysis of one network at one point keeps its files."""
+    return folder / "analyses" / analysis / network
+
+
+def analysis_result_file(folder: Path) -> Path:
+    """An analysis's measurements, written last: its presence marks it finished."""
+    return folder / "result.json"
+
+
+def copy_files(folder: Path) -> NetworkFiles:
+    """A second copy of a network trained inside an analysis's folder."""
+    return NetworkFiles(folder / "copy.json", folder / "copy_final.pt",
+                        folder / "copy_history.json", folder / "copy_checkpoint.pt")
+
+
+def curve_file(folder: Path) -> Path:
+    """The instability analysis's error curve along the linear path."""
+    return folder / "curve.json"
 
 
 def _replace_from_temp(path: Path, write) -> None:

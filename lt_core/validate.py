@@ -32,10 +32,10 @@ def _check_schedule(config: ExperimentConfig, train_examples: int, source: str) 
     per_epoch = iterations_per_epoch(train_examples, config.train.batch_size)
     length = Step.parse(config.train.length).iterations(per_epoch)
     rewind = Step.parse(config.imp.rewind).iterations(per_epoch)
-    if config.imp.levels > 0 and rewind >= length:
+    if (config.imp.levels > 0 or config.imp.analyses) and rewind >= length:
         raise ConfigError(
-            f"{source}: imp.rewind: {config.imp.rewind!r} ({rewind} iterations) leaves pruned "
-            f"levels nothing to train: train.length {config.train.length!r} is {length} "
+            f"{source}: imp.rewind: {config.imp.rewind!r} ({rewind} iterations) leaves "
+            f"{'pruned levels' if config.imp.levels else 'analysis copies'} nothing to train: train.length {config.train.length!r} is {length} "
             f"iterations ({per_epoch} per epoch)")
 
 

@@ -86,3 +86,27 @@ def test_a_registered_retrain_mode_starts_from_the_final_weights(
     run.run()
     final0 = load_tensors(final_file(level_dir(tmp_path, 0)))
     assert all(torch.equal(run._ticket_start(1)[k], final0[k]) for k in final0)
+
+
+def test_a_registered_analysis_runs_on_the_networks_it_is_asked_for(
+        tiny_config, tiny_data, tmp_path: Path, monkeypatch) -> None:
+    from lt_core.analyses import ANALYSES, AnalysisInputs
+    from lt_core.metrics import COPY_TEST_ACC
+
+    with pytest.raises(ConfigError, match="unknown analysis 'copy_only'"):
+        tiny_config({"imp": {"analyses": ["copy_only"]}})
+    seen = []
+
+    def copy_only(inputs: AnalysisInputs) -> dict:
+        seen.append(inputs.network)
+        return {COPY_TEST_ACC: inputs.train_copy(inputs.seed)[1].test_acc}
+
+    monkeypatch.setitem(ANALYSES, "copy_only", copy_only)
+    config = tiny_config({"imp": {"levels": 1, "controls": ["reinit", "shuffle"],
+                                  "analyses": ["copy_only"], "analyses_on": ["reinit"]}})
+    rows = ImpRun(config, tmp_path, data=tiny_data).run()
+    assert seen == ["reinit"]
+    assert COPY_TEST_ACC in rows[1]["controls"]["reinit"]
+    assert COPY_TEST_ACC not in rows[1] and COPY_TEST_ACC not in rows[1]["controls"]["shuffle"]
+    assert LevelRecord.from_metrics(rows[1]).flat()["reinit_copy_test_acc"] == \
+        rows[1]["controls"]["reinit"][COPY_TEST_ACC]
