@@ -173,6 +173,9 @@ class ImpConfig(_Strict):
             if self.ticket_levels is not None and len(set(self.ticket_levels)) != len(
                     self.ticket_levels):
                 raise ValueError("ticket_levels lists a level twice")
+            if self.ticket_levels is not None and self.control_levels == "breakdown":
+                raise ValueError("control_levels 'breakdown' bisects over every level: leave "
+                                 "ticket_levels unset")
         return self
 
 

@@ -56,6 +56,7 @@ from lt_core.rundir import (analysis_dir, analysis_result_file, atomic_save, ato
                             point_dirs, read_json, rewind_file)
 from lt_core.steps import Step
 from lt_core.training import TrainOutcome, steps_per_epoch, total_iterations, train
+from lt_core.transfer import transfer_levels, transferred_masks, transferred_state
 
 # Called at every evaluation: (level, run name "ticket" or a control, iteration, end, record).
 ProgressFn = Callable[[int, str, int, int, dict], None]
@@ -89,6 +90,7 @@ class ImpRun:
         if config.threads:
             torch.set_num_threads(config.threads)
         self._data = data
+        self._levels: list[int] | None = None
         self._claim_directory()
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -125,8 +127,23 @@ class ImpRun:
 
     # ---- levels -------------------------------------------------------------------------------
     @property
-    def levels(self) -> range:
-        return range(self.config.imp.levels + 1)
+    def transfer(self) -> Path | None:
+        """The run directory whose tickets this run trains (``imp.ticket_from``), or None."""
+        source = self.config.imp.ticket_from
+        return None if source is None else Path(source)
+
+    @property
+    def levels(self) -> list[int]:
+        """The grid levels: 0..imp.levels, or those of the transferred tickets."""
+        if self._levels is None:
+            self._levels = (transfer_levels(self.config) if self.transfer is not None else
+                            list(range(self.config.imp.levels + 1)))
+        return self._levels
+
+    def _previous(self, level: int) -> int | None:
+        """The grid level before ``level`` (None for the first)."""
+        before = [lv for lv in self.levels if lv < level]
+        return before[-1] if before else None
 
     def finished_levels(self) -> list[int]:
         return [lv for lv in self.levels if metrics_file(level_dir(self.out, lv)).exists()]
@@ -163,10 +180,12 @@ class ImpRun:
         folder = level_dir(self.out, level)
         if metrics_file(folder).exists():
             return self.level_metrics(level)
-        if level > 0 and not metrics_file(level_dir(self.out, level - 1)).exists():
-            raise RuntimeError(f"level {level} needs level {level - 1} to be finished first")
-        if level > 0 and LevelRecord.from_metrics(self.level_metrics(level - 1)).diverged(TICKET):
-            raise RuntimeError(f"level {level}: the ticket diverged at level {level - 1}, "
+        before = self._previous(level)
+        if before is not None and not metrics_file(level_dir(self.out, before)).exists():
+            raise RuntimeError(f"level {level} needs level {before} to be finished first")
+        if before is not None and LevelRecord.from_metrics(
+                self.level_metrics(before)).diverged(TICKET):
+            raise RuntimeError(f"level {level}: the ticket diverged at level {before}, "
                                f"which ends the pruning")
         masks = self._masks_for(level)
         ticket = self._trained(level, 0, TICKET, self._ticket_start(level), masks)
@@ -216,6 +235,8 @@ class ImpRun:
         grid level ``level`` (which must be finished); returns the point's metrics."""
         if not 0 < sublevel < SUBLEVELS:
             raise ValueError(f"sublevel {sublevel} is not between 1 and {SUBLEVELS - 1}")
+        if self.transfer is not None:
+            raise ValueError("a transferred run has only its source's levels: nothing to refine")
         if not metrics_file(level_dir(self.out, level)).exists():
             raise RuntimeError(f"refining past level {level} needs level {level} finished first")
         folder = level_dir(self.out, level, sublevel)
@@ -264,7 +285,8 @@ class ImpRun:
     def _start_file(self, level: int, sublevel: int = 0) -> Path:
         """What a point's ticket starts from: init.pt (dense, or pruned at init), rewind.pt
         (weight rewinding) or its source level's final weights (lr_rewind, finetune)."""
-        if (level == 0 and sublevel == 0) or self.config.pruning.mode == "at_init":
+        if (level == 0 and sublevel == 0) or self.config.pruning.mode == "at_init" or \
+                self.transfer is not None:
             return init_file(self.out)
         if RETRAIN_MODES[self.config.imp.retrain].rewinds_weights:
             return rewind_file(self.out)
@@ -293,8 +315,9 @@ class ImpRun:
             if metrics_file(folder).exists():  # a finished point: its summary and curves
                 files += [metrics_file(folder), *sorted(folder.glob("analyses/*/*/curve.json"))]
         last = max(self.finished_levels(), default=-1)
-        if last < self.config.imp.levels and self.diverged_level() is None:
-            files += self.inputs(last + 1)
+        following = [level for level in self.levels if level > last]
+        if following and self.diverged_level() is None:
+            files += self.inputs(following[0])
         bisecting = self.config.imp.control_levels == "breakdown" and last >= 1
         known = {name: self._measured(name, rule) for name in self.config.imp.controls
                  if bisecting}
@@ -314,6 +337,8 @@ class ImpRun:
     def _masks_for(self, level: int, sublevel: int = 0) -> Masks:
         """The point's masks: stored, or made now by the criterion (and stored)."""
         stored = mask_file(level_dir(self.out, level, sublevel))
+        if self.transfer is not None and not stored.exists():
+            self._init_model()  # stores the transferred masks of every level
         if stored.exists():
             return self._load(stored)
         model = self._init_model()
@@ -341,6 +366,15 @@ class ImpRun:
         if path.exists():
             return self._model_from(self._load(path))
         model = self._fresh_model(self.config.seed)
+        if self.transfer is not None:  # the masks first: init.pt marks the transfer complete
+            for level in self.levels:
+                generator = torch.Generator().manual_seed(
+                    derived_seed(self.config.seed, level, "transfer"))
+                source = self._load(mask_file(level_dir(self.transfer, level)))
+                atomic_save(transferred_masks(source, model, generator),
+                            mask_file(level_dir(self.out, level)))
+            model.load_state_dict(transferred_state(self._load(rewind_file(self.transfer)),
+                                                    model))
         atomic_save(model.state_dict(), path)
         return model
 

@@ -10,6 +10,7 @@ from lt_core.data import dataset_info
 from lt_core.masks import pruning_plan
 from lt_core.models import build_model
 from lt_core.steps import Step, iterations_per_epoch
+from lt_core.transfer import check_source
 
 
 def check_experiment(config: ExperimentConfig, source: str = "config") -> None:
@@ -23,7 +24,9 @@ def check_experiment(config: ExperimentConfig, source: str = "config") -> None:
         model = build_model(config.model.name, info.input_shape, info.num_classes)
     try:
         pruning_plan(model, config.pruning)
-    except ValueError as err:
+        if config.imp.ticket_from is not None:
+            check_source(config, model)
+    except (ValueError, ConfigError) as err:
         raise ConfigError(f"{source}: {err}") from None
 
 
