@@ -6,7 +6,8 @@ Written by ``sweeps.tracking`` (the Tune driver), read by ``sweeps.report``.
   ``breakdown.tolerance`` and ``breakdown.metric``.
 - child run per trial: tags ``lt.sweep``, ``lt.role=trial``, ``ray_trial_id``, ``lt.config``
   (the swept values but the seed: the seeds of one configuration share it),
-  ``mlflow.parentRunId``; ``lt.refine_failed`` when an ``lt-sweep refine`` of it failed;
+  ``mlflow.parentRunId``, ``lt.run_dir`` (its run directory), ``lt.ticket_from`` (a transfer
+  study's source run directory); ``lt.refine_failed`` when an ``lt-sweep refine`` of it failed;
   ``lt.diverged`` when a network's training loss became NaN/inf (``ticket at level 3``).
   - A grid level's measurements sit at ``step = level``, under their flat names
     (``lt_core.metrics``: ``density``, ``test_acc``, ``reinit_test_acc``, ...).
@@ -33,6 +34,9 @@ TRIAL_TAG = "ray_trial_id"
 REFINE_FAILED_TAG = "lt.refine_failed"  # on a trial run: the Tune trial of a refinement that failed
 DIVERGED_TAG = "lt.diverged"  # on a trial run: where networks diverged (``divergence_tag``)
 PARENT_RUN_TAG = "mlflow.parentRunId"
+RUN_DIR_TAG = "lt.run_dir"  # on a trial run: its run directory (lt_core.rundir), on the driver's disk
+# On a trial run of a transfer study: the run directory whose tickets it trains (imp.ticket_from).
+TICKET_FROM_TAG = "lt.ticket_from"
 WORKER_TAG = "lt.worker"  # on a trial run: where it last ran, "HOST (NODE_IP) pid PID"
 TOLERANCE_PARAM = "breakdown.tolerance"
 METRIC_PARAM = "breakdown.metric"

@@ -267,3 +267,56 @@ def configuration_panels(configs: dict[str, dict[str, Series]], dense: dict[str,
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06 / rows, 1, 1))
     return _save(fig, path, tight=False)
+
+
+def instability_panels(accuracy: dict[str, dict[str, Series]],
+                       barriers: dict[str, dict[str, Series]], threshold_pp: float, path: Path,
+                       title: str, metric: str = "test_acc",
+                       onsets: dict[str, dict[str, float]] | None = None) -> Path:
+    """Per configuration (a column), accuracy (top) and the instability analysis's error barrier
+    (bottom) against density, for every analysed network; the threshold as a line and, where a
+    network became unstable, its first unstable density as a vertical line in both panels."""
+    labels = list(barriers)
+    fig, axes = plt.subplots(2, max(1, len(labels)), figsize=(3.8 * max(1, len(labels)), 5.6),
+                             sharex=True, squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    networks = list(dict.fromkeys(n for series in barriers.values() for n in series))
+    every = [d for series in (*accuracy.values(), *barriers.values())
+             for one in series.values() for d in one[0]]
+    onsets = onsets or {}
+    for column, label in enumerate(labels):
+        top, bottom = axes[0][column], axes[1][column]
+        for name in networks:
+            colour = colours[networks.index(name) % len(colours)]
+            style = {"color": colour, "linestyle": "-" if name == "ticket" else "--"}
+            if name in accuracy.get(label, {}):
+                _draw(top, accuracy[label][name], name, **style)
+            if name in barriers[label]:
+                densities, means, stds = barriers[label][name]
+                # barriers are in percentage points already: drawn as they are
+                (line,) = bottom.plot(_percent(densities), means, marker="o", markersize=3,
+                                      label=name, **style)
+                if stds is not None:
+                    bottom.fill_between(_percent(densities), [m - s for m, s in zip(means, stds)],
+                                        [m + s for m, s in zip(means, stds)], color=colour,
+                                        alpha=0.2, linewidth=0)
+            if name in onsets.get(label, {}):
+                for ax in (top, bottom):
+                    ax.axvline(100 * onsets[label][name], color=colour, linestyle=":",
+                               linewidth=1.2)
+        bottom.axhline(threshold_pp, color="black", linestyle=":", linewidth=1)
+        _density_axis(top, every, metric, most_ticks=5)
+        _density_axis(bottom, every, metric, most_ticks=5)
+        top.set_xlabel("")
+        bottom.set_ylabel("error barrier (pp)" if column == 0 else "")
+        top.set_ylabel(ACCURACY_LABELS[metric] if column == 0 else "")
+        top.set_title(_short_title(label), fontsize="small")
+    handles = [Line2D([], [], color=colours[i % len(colours)], marker="o", markersize=3,
+                      linestyle="-" if name == "ticket" else "--") for i, name in enumerate(networks)]
+    handles.append(Line2D([], [], color="black", linestyle=":"))
+    fig.legend(handles, [*networks, f"threshold {threshold_pp:g} pp; dotted verticals: first "
+                         f"unstable level"], loc="lower center", ncol=len(networks) + 1,
+               fontsize="small", frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return _save(fig, path, tight=False)

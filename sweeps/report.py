@@ -28,17 +28,22 @@ from mlflow.entities import Run
 
 from lt_core.breakdown import (Breakdown, BreakdownRule, SeedAggregate, aggregate, divergence,
                                locate)
+from lt_core.imp import run_records
 from lt_core.levels import LevelRecord, networks_in
-from lt_core.metrics import ACCURACY_METRICS, DIVERGED, TICKET, metric_name, split_metric_name
+from lt_core.metrics import (ACCURACY_METRICS, DIVERGED, INSTABILITY, TICKET, metric_name,
+                             split_metric_name)
+from lt_core.stability import Onset, instability_onset
 from sweeps.errors import ReportUnavailable
 from sweeps.layout import (CONFIG_TAG, METRIC_PARAM, REFINE_PREFIX, ROLE_TAG, SWEEP_TAG,
-                           TOLERANCE_PARAM, records_from_history, tag_filter)
+                           TICKET_FROM_TAG, TOLERANCE_PARAM, records_from_history, tag_filter)
 from sweeps.plots import (Mark, Series, configuration_panels, configurations_with_controls,
-                          sweep_overlay)
+                          instability_panels, sweep_overlay)
 
 DEFAULT_TOLERANCE_PP = 1.0
 DEFAULT_METRIC = "test_acc"
 LEFT_OUT_STATUSES = ("FAILED", "KILLED")
+THRESHOLD_PARAM = "instability.threshold"  # a trial run's param (its resolved config)
+DEFAULT_THRESHOLD_PP = 2.0
 
 
 def search_all_runs(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> list[Run]:
@@ -97,6 +102,8 @@ class TrialLevels:
     run_id: str
     label: str
     records: list[LevelRecord]
+    threshold_pp: float = DEFAULT_THRESHOLD_PP  # instability above this is unstable
+    source: str | None = None  # a transfer's source run directory (imp.ticket_from)
 
     @property
     def levels(self) -> list[dict]:
@@ -155,13 +162,13 @@ class Configuration:
             sum(1 for r in t.records if not r.refined and r.level >= 1 and network in r.networks)
             for t in self.trials)
 
-    def curve(self, network: str = TICKET) -> Series:
+    def curve(self, network: str = TICKET, key: str | None = None) -> Series:
         """Per pruned grid level (and the dense level, for the ticket): mean density, mean and
-        std of the network's accuracy over the seeds that measured it there."""
+        std of the network's accuracy (or ``key``) over the seeds that measured it there."""
         by_level: dict[int, list[tuple[float, float]]] = {}
         for trial in self.trials:
             for record in trial.records:
-                value = record.value(network, self.rule.metric)
+                value = record.value(network, key or self.rule.metric)
                 if not record.refined and value is not None:
                     by_level.setdefault(record.level, []).append((record.density, value))
         densities, means, stds = [], [], []
@@ -172,6 +179,45 @@ class Configuration:
             means.append(mean)
             stds.append(std)
         return densities, means, stds
+
+    def onsets(self, network: str = TICKET) -> list[Onset]:
+        """Each seed's onset of instability (for the seeds whose network was analysed)."""
+        return [onset for t in self.trials
+                if (onset := instability_onset(t.records, network, t.threshold_pp)) is not None]
+
+    def unstable_density(self, network: str = TICKET) -> float | None:
+        """Geometric mean over the seeds that became unstable of the first unstable density."""
+        found = [o.density for o in self.onsets(network) if o.unstable]
+        return statistics.geometric_mean(found) if found else None
+
+    def onset_cell(self, network: str = TICKET) -> str:
+        """``79.03 (2/2)``: sparsity (%) at which the network became unstable, mean over the
+        seeds that did (how many of those analysed); ``> 98.20 (stable)`` when none did."""
+        onsets = self.onsets(network)
+        if not onsets:
+            return "-"
+        unstable = [o for o in onsets if o.unstable]
+        if not unstable:
+            return f"> {100 * (1 - min(o.deepest for o in onsets)):.2f} (stable)"
+        return f"{100 * (1 - self.unstable_density(network)):.2f} ({len(unstable)}/{len(onsets)})"
+
+    @property
+    def sources(self) -> list[str]:
+        """The transfer sources of this configuration's seeds (none: not a transfer)."""
+        return sorted({t.source for t in self.trials if t.source})
+
+    def source_summary(self) -> SeedAggregate | None:
+        """The ticket breakdown of the source runs, read from their run directories."""
+        found = [locate(run_records(Path(source)), TICKET, self.rule)
+                 for source in self.sources if Path(source).is_dir()]
+        return aggregate(found) if found else None
+
+    def source_cell(self) -> str:
+        if not self.sources:
+            return "-"
+        if not any(Path(source).is_dir() for source in self.sources):
+            return "(source not here)"
+        return breakdown_cell(self.source_summary())
 
     def mark(self, network: str = TICKET) -> Mark | None:
         """The plot mark of the seeds' breakdown: the mean estimate on the mean threshold line,
@@ -228,6 +274,20 @@ class Report:
     def networks(self) -> list[str]:
         return [TICKET, *self.controls]
 
+    @property
+    def analysed(self) -> list[str]:
+        """The networks whose instability was measured in some configuration."""
+        return [n for n in self.networks if any(c.onsets(n) for c in self.configurations)]
+
+    @property
+    def transfer(self) -> bool:
+        return any(c.sources for c in self.configurations)
+
+    @property
+    def threshold_pp(self) -> float:
+        found = {t.threshold_pp for c in self.configurations for t in c.trials}
+        return found.pop() if len(found) == 1 else DEFAULT_THRESHOLD_PP
+
     def rows(self) -> list[dict[str, float | int | str]]:
         """One flat record per configuration; accuracies and sparsities as fractions, empty
         where a value does not exist (no upper bracket or interval when censored)."""
@@ -258,6 +318,20 @@ class Report:
                 record[name("diverged_density")] = _optional(diverged and diverged.density)
                 if network != TICKET:
                     record[name("levels_measured")] = config.levels_measured(network)
+                if network in self.analysed:
+                    onsets = config.onsets(network)
+                    record[name("unstable_density")] = _optional(config.unstable_density(network))
+                    record[name("unstable_seeds")] = sum(o.unstable for o in onsets)
+                    record[name("analysed_seeds")] = len(onsets)
+            if self.transfer:
+                source = config.source_summary()
+                record["source"] = ";".join(config.sources)
+                record["source_breakdown_sparsity_est"] = _optional(
+                    source and source.sparsity_est)
+                record["source_breakdown_sparsity_low"] = _optional(
+                    source and source.sparsity_low)
+                record["source_breakdown_sparsity_high"] = _optional(
+                    source and source.sparsity_high)
             records.append(record)
         return records
 
@@ -265,11 +339,15 @@ class Report:
         """Aligned text table, accuracies and sparsities in percent."""
         header = ["configuration", "n", "dense acc %", "ticket breakdown %"]
         header += [f"{name} breakdown %" for name in self.controls]
+        header += [f"{name} unstable %" for name in self.analysed]
+        header += ["source ticket breakdown %"] if self.transfer else []
         lines = [header]
         for config in self.configurations:
             cells = [config.label, str(config.n), "{:.2f} ± {:.2f}".format(
                 *(100 * v for v in config.dense_acc))]
             cells += [config.cell(network) for network in self.networks]
+            cells += [config.onset_cell(network) for network in self.analysed]
+            cells += [config.source_cell()] if self.transfer else []
             lines.append(cells)
         widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
         text = [f"breakdown sparsity (%) of {self.experiment}: where {self.metric} falls "
@@ -281,6 +359,14 @@ class Report:
         text.append("estimate [95% CI]: crossing interpolated in log-density between the "
                     "bracketing levels, geometric mean over seeds with its t-interval; "
                     "> x: some seeds never fell below (censored), x is a lower bound")
+        if self.analysed:
+            text.append(f"unstable %: sparsity of the first level where the error barrier "
+                        f"between two copies trained from the rewind point with different data "
+                        f"orders exceeds {self.threshold_pp:g} pp (instability analysis; mean over "
+                        f"the seeds that became unstable, k/n of them); > x: stable down to x")
+        if self.transfer:
+            text.append("source ticket breakdown %: the same breakdown of the runs the tickets "
+                        "were transferred from (imp.ticket_from), on their own data")
         if any(c.divergence(n) is not None for c in self.configurations for n in self.networks):
             text.append("diverged at level L: the training loss became NaN/inf there before "
                         "the network fell below (no breakdown)")
@@ -351,6 +437,50 @@ class Report:
         return configuration_panels(configs, dense, self.tolerance_pp, path, title, self.metric,
                                     marks)
 
+    def instability_plot(self, path: Path) -> Path | None:
+        """Per configuration: accuracy and error barrier against density for every analysed
+        network (None when no network was analysed)."""
+        if not self.analysed:
+            return None
+        accuracy, barriers, onsets = {}, {}, {}
+        for config in self.configurations:
+            accuracy[config.label] = {n: config.curve(n) for n in self.analysed
+                                      if config.curve(n)[0]}
+            barriers[config.label] = {n: curve for n in self.analysed
+                                      if (curve := config.curve(n, INSTABILITY))[0]}
+            onsets[config.label] = {n: density for n in self.analysed
+                                    if (density := config.unstable_density(n)) is not None}
+        title = (f"{self.experiment}: {self.metric} and instability (mean ± std over seeds)")
+        return instability_panels(accuracy, barriers, self.threshold_pp, path, title, self.metric,
+                                  onsets)
+
+    def write_instability_csv(self, path: Path) -> Path | None:
+        """Per configuration, analysed network and grid level: mean density, mean and std of
+        the error barrier (pp) and of the accuracy over seeds."""
+        if not self.analysed:
+            return None
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["configuration", "network", "level", "density", "seeds",
+                             "instability_mean_pp", "instability_std_pp", f"{self.metric}_mean",
+                             f"{self.metric}_std"])
+            for config in self.configurations:
+                for network in self.analysed:
+                    by_level: dict[int, list[LevelRecord]] = {}
+                    for trial in config.trials:
+                        for r in trial.records:
+                            if not r.refined and r.value(network, INSTABILITY) is not None:
+                                by_level.setdefault(r.level, []).append(r)
+                    for level, found in sorted(by_level.items()):
+                        barrier = mean_std([r.value(network, INSTABILITY) for r in found])
+                        accuracy = mean_std([r.value(network, self.metric) for r in found])
+                        writer.writerow([config.label, network, level,
+                                         statistics.fmean(r.density for r in found), len(found),
+                                         *barrier, *accuracy])
+        return path
+
     def overlay(self, path: Path) -> Path:
         """One ticket line (mean over seeds) per configuration, with its breakdown mark."""
         configs = {c.label: c.curve()[:2] for c in self.configurations}
@@ -375,14 +505,16 @@ def _trial_levels(client: MlflowClient, run: Run, label: str, metric: str) -> Tr
         name = key.removeprefix(REFINE_PREFIX)
         split = split_metric_name(name)
         return name in ("density", "sparsity") or (split is not None
-                                                   and split[1] in (metric, DIVERGED))
+                                                   and split[1] in (metric, DIVERGED, INSTABILITY))
 
     keys = [key for key in run.data.metrics if wanted(key)]
     records = records_from_history(metric_entries(client, run.info.run_id, keys))
     if not records or records[0].point_id != (0, 0) or \
             records[0].value(TICKET, metric) is None:
         return None
-    return TrialLevels(run.info.run_id, label, records)
+    threshold = float(run.data.params.get(THRESHOLD_PARAM, DEFAULT_THRESHOLD_PP))
+    return TrialLevels(run.info.run_id, label, records, threshold,
+                       run.data.tags.get(TICKET_FROM_TAG))
 
 
 def default_tracking_uri() -> str:
@@ -479,6 +611,10 @@ def report_command(experiment: str, tracking_uri: str | None, tolerance: float |
     print(f"wrote {report.write_csv(out_dir / 'breakdown.csv')}")
     print(f"wrote {report.plot(out_dir / 'breakdown.png')}")
     print(f"wrote {report.panels(out_dir / 'breakdown_panels.png')}")
+    for written in (report.instability_plot(out_dir / "instability.png"),
+                    report.write_instability_csv(out_dir / "instability.csv")):
+        if written is not None:
+            print(f"wrote {written}")
     if html:
         from sweeps.html_report import write_html
 

@@ -175,6 +175,8 @@ class Study:
         self.storage_path = Path(spec.run.storage_path).expanduser().resolve()
         self.tracking_uri = spec.tracking.uri or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
         self.experiment = spec.tracking.experiment or spec.name
+        self.base = _absolute_ticket_source(self.base, self.tracking_uri,
+                                            f"{source_path}: base.imp.ticket_from")
 
     @property
     def swept_keys(self) -> list[str]:
@@ -189,6 +191,18 @@ class Study:
 
     def base_config(self) -> ExperimentConfig:
         return trial_config(self, {})
+
+
+def _absolute_ticket_source(base: dict, tracking_uri: str, field: str) -> dict:
+    """A transfer's source as an absolute path (an MLflow run id: its run directory)."""
+    imp = base.get("imp")
+    source = imp.get("ticket_from") if isinstance(imp, dict) else None
+    if not isinstance(source, str):
+        return base
+    from sweeps.transfer import resolve_ticket_source
+
+    resolved = resolve_ticket_source(source, tracking_uri, field)
+    return {**base, "imp": {**imp, "ticket_from": str(Path(resolved).expanduser().resolve())}}
 
 
 def _absolute_data_paths(base: dict) -> dict:
@@ -277,6 +291,10 @@ def _check_experiments(study: Study) -> None:
         raise ConfigError(str(err).replace(f"{source}: ", f"{source}: base.", 1)) from None
     check_networks(study.breakdown.refine_networks, base.imp.controls,
                    f"{source}: breakdown.refine_networks")
+    if base.imp.ticket_from is not None and study.breakdown.refine:
+        raise ConfigError(f"{source}: breakdown.refine: a transfer study (base.imp.ticket_from) "
+                          f"trains only its source's levels; there is nothing between them to "
+                          f"refine")
     if base.device.startswith("cuda") and study.resources.gpu == 0:
         raise ConfigError(f"{source}: base.device: {base.device!r} but resources.gpu is 0: the "
                           f"trials would get no GPU (set resources.gpu, or device auto/cpu)")

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -40,9 +41,10 @@ from ray.tune import Callback
 from lt_core.breakdown import BreakdownRule, dense_accuracy, locate, trial_summary
 from lt_core.levels import LevelRecord, networks_in
 from lt_core.metrics import TICKET, metric_name
+from lt_core.rundir import metrics_file, point_dirs
 from sweeps.layout import (CONFIG_TAG, DIVERGED_TAG, METRIC_PARAM, PARENT_RUN_TAG,
-                           REFINE_FAILED_TAG, ROLE_TAG, RUN_NAME_TAG, SWEEP_TAG, SYSTEM_PREFIX,
-                           TOLERANCE_PARAM, TRIAL_TAG, WORKER_TAG, configuration_slug,
+                           REFINE_FAILED_TAG, ROLE_TAG, RUN_DIR_TAG, RUN_NAME_TAG, SWEEP_TAG,
+                           SYSTEM_PREFIX, TICKET_FROM_TAG, TOLERANCE_PARAM, TRIAL_TAG, WORKER_TAG, configuration_slug,
                            divergence_tag, point_entries, point_of, records_from_history,
                            trial_label)
 from sweeps.errors import ReportUnavailable
@@ -190,18 +192,18 @@ def unique_run_name(client: MlflowClient, experiment_id: str, sweep: str, name: 
 def child_run(client: MlflowClient, experiment_id: str, parent_run_id: str, sweep: str,
               trial_id: str, swept: dict[str, Any],
               params: dict[str, Any] | Callable[[], dict[str, Any]],
-              swept_keys: list[str] | None = None) -> Run:
+              swept_keys: list[str] | None = None, tags: dict[str, str] | None = None) -> Run:
     """The trial's run, found by its Ray trial id and sweep (a resumed sweep reuses it), else
     created under the parent and named by its swept values and seed (``rate=0.4 scope=global
     seed=0``); params (the resolved experiment config, or a function making them) are logged
-    once."""
-    tags = {TRIAL_TAG: trial_id, SWEEP_TAG: sweep}
-    run = find_run(client, experiment_id, tags)
+    once; ``tags``, more tags to create it with."""
+    identity = {TRIAL_TAG: trial_id, SWEEP_TAG: sweep}
+    run = find_run(client, experiment_id, identity)
     if run is None:
         name = unique_run_name(client, experiment_id, sweep, trial_label(swept, swept_keys))
         run = client.create_run(experiment_id, run_name=name, tags={
-            **tags, PARENT_RUN_TAG: parent_run_id, ROLE_TAG: "trial",
-            CONFIG_TAG: config_label(swept)})
+            **identity, PARENT_RUN_TAG: parent_run_id, ROLE_TAG: "trial",
+            CONFIG_TAG: config_label(swept), **(tags or {})})
     if not run.data.params:
         log_params(client, run.info.run_id, params() if callable(params) else params)
     return run
@@ -276,10 +278,27 @@ def worker_label(result: Mapping[str, Any]) -> str | None:
     return f"{result.get('hostname')} ({result.get('node_ip')}) pid {result['pid']}"
 
 
+def log_analysis_curves(client: MlflowClient, run_id: str, run_dir: Path) -> None:
+    """The analyses' curves of every finished point (instability: the error along the linear
+    path) as artifacts, laid out as in the run directory (``level_03/analyses/instability/
+    ticket/curve.json``); nothing when the run directory is not on this machine."""
+    curves = [path for _, _, folder in point_dirs(run_dir) if metrics_file(folder).exists()
+              for path in sorted(folder.glob("analyses/*/*/curve.json"))]
+    if not curves:
+        return
+    with tempfile.TemporaryDirectory() as temp:
+        for path in curves:
+            target = Path(temp) / path.relative_to(run_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+        client.log_artifacts(run_id, temp)
+
+
 def finish_trial(client: MlflowClient, run_id: str, logged: Logged, rule: BreakdownRule,
-                 title: str) -> None:
+                 title: str, run_dir: Path | None = None) -> None:
     """Log the trial's breakdown summary (each value once: a refined trial logs the values that
-    changed), its plot and where it diverged (``DIVERGED_TAG``), then mark the run FINISHED."""
+    changed), its plot, its analyses' curves (from ``run_dir``) and where it diverged
+    (``DIVERGED_TAG``), then mark the run FINISHED."""
     records = records_of(logged)
     if diverged := divergence_tag(records):
         client.set_tag(run_id, DIVERGED_TAG, diverged)
@@ -292,6 +311,8 @@ def finish_trial(client: MlflowClient, run_id: str, logged: Logged, rule: Breakd
         with tempfile.TemporaryDirectory() as temp:
             path = plot_trial(records, rule, title, Path(temp) / "accuracy_vs_density.png")
             client.log_artifact(run_id, str(path), "plots")
+        if run_dir is not None:
+            log_analysis_curves(client, run_id, run_dir)
     client.set_terminated(run_id, "FINISHED")
 
 
@@ -433,6 +454,17 @@ class TrialRun:
         self.run_id, self.logged = None, None
 
 
+def trial_tags(study, state: "TrialRun") -> dict[str, str]:
+    """Tags a trial run is created with: its run directory, and a transfer's source."""
+    from sweeps.trainable import run_directory  # imports Ray: only once a trial is written
+
+    tags = {RUN_DIR_TAG: str(run_directory(study, state.trial_id))}
+    source = _study_trial_config(study, state.swept).imp.ticket_from
+    if source is not None:
+        tags[TICKET_FROM_TAG] = source
+    return tags
+
+
 def write_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, study,
                     state: TrialRun, rule: BreakdownRule,
                     params: Callable[[], dict[str, Any]], reopen_run: bool = False) -> int:
@@ -443,7 +475,7 @@ def write_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str
     writes it took (0: the run was up to date)."""
     if state.run_id is None:
         run = child_run(client, experiment_id, parent_run_id, study.name, state.trial_id,
-                        state.swept, params, study.swept_keys)
+                        state.swept, params, study.swept_keys, trial_tags(study, state))
         state.run_id, state.tags = run.info.run_id, dict(run.data.tags)
         state.run_status, state.logged = run.info.status, None
         if reopen_run:
@@ -461,8 +493,11 @@ def write_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str
     ended = state.status is not None and (state.run_status != state.status or bool(new))
     if ended:
         if state.status == "FINISHED" and state.summarise:
+            from sweeps.trainable import run_directory
+
             finish_trial(client, state.run_id, state.logged, rule,
-                         trial_title(study.name, state.trial_id, state.swept))
+                         trial_title(study.name, state.trial_id, state.swept),
+                         run_directory(study, state.trial_id))
         else:
             client.set_terminated(state.run_id, state.status)
         state.run_status = state.status

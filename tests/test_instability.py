@@ -236,3 +236,23 @@ def test_analyses_on_names_trained_networks(tiny_config) -> None:
         tiny_config({"imp": {"analyses": ["instability"], "analyses_on": ["reinit"]}})
     with pytest.raises(ConfigError, match="unknown analysis 'barrier'; choose from instability"):
         tiny_config({"imp": {"analyses": ["barrier"]}})
+
+
+def test_the_onset_of_instability_is_the_first_level_above_the_threshold() -> None:
+    from lt_core.levels import LevelRecord
+    from lt_core.stability import instability_onset
+
+    def level(number: int, barrier: float | None, sublevel: int = 0) -> LevelRecord:
+        values = {"test_acc": 0.9, **({INSTABILITY: barrier} if barrier is not None else {})}
+        return LevelRecord(number, 0.5 ** (number + sublevel / 1000), {"ticket": values},
+                           sublevel)
+
+    records = [level(0, 0.1), level(1, 1.9), level(2, None), level(2, 9.0, 500), level(3, 2.5),
+               level(4, 0.5)]
+    onset = instability_onset(records, "ticket", 2.0)
+    assert (onset.level, onset.density, onset.stable_density) == (3, 0.125, 0.5)
+    assert onset.deepest == 0.0625 and onset.unstable
+    stable = instability_onset(records, "ticket", 3.0)
+    assert not stable.unstable and stable.stable_density == stable.deepest == 0.0625
+    assert instability_onset([level(0, 4.0)], "ticket", 2.0).stable_density is None
+    assert instability_onset(records, "reinit", 2.0) is None
