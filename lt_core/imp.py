@@ -72,6 +72,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def grid_levels(config: ExperimentConfig) -> list[int]:
+    """An experiment's grid levels: 0..imp.levels, or those of its transferred tickets."""
+    if config.imp.ticket_from is not None:
+        return transfer_levels(config)
+    return list(range(config.imp.levels + 1))
+
+
 def run_records(out: Path) -> list[LevelRecord]:
     """Every finished level and refinement point of a run directory, in level order."""
     return [LevelRecord.from_metrics(read_json(metrics_file(folder)))
@@ -136,8 +143,7 @@ class ImpRun:
     def levels(self) -> list[int]:
         """The grid levels: 0..imp.levels, or those of the transferred tickets."""
         if self._levels is None:
-            self._levels = (transfer_levels(self.config) if self.transfer is not None else
-                            list(range(self.config.imp.levels + 1)))
+            self._levels = grid_levels(self.config)
         return self._levels
 
     def _previous(self, level: int) -> int | None:

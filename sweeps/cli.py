@@ -27,7 +27,14 @@ def validate_command(args: argparse.Namespace) -> int:
     print(f"{args.space}: valid")
     print(f"  trials: {study.count_trials()} ({study.search.algorithm} search"
           f"{', sampler ' + study.search.sampler if study.search.algorithm == 'optuna' else ''})")
-    print(f"  each trial: {r.cpu:g} CPU, {r.gpu:g} GPU; levels 0..{study.base_config().imp.levels}")
+    base = study.base_config()
+    levels = f"levels 0..{base.imp.levels}"
+    if base.imp.ticket_from is not None:
+        from lt_core.imp import grid_levels
+
+        levels = (f"levels {', '.join(map(str, grid_levels(base)))} of the tickets in "
+                  f"{base.imp.ticket_from}")
+    print(f"  each trial: {r.cpu:g} CPU, {r.gpu:g} GPU; {levels}")
     print(f"  swept: {', '.join(study.swept_keys) or '(nothing)'}")
     print(f"  MLflow: {study.tracking_uri} experiment {study.experiment!r}")
     print(f"  results: {study.storage_path / study.name}")

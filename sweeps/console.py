@@ -30,8 +30,10 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
+from lt_core.imp import grid_levels
 from lt_core.metrics import DIVERGED, TICKET, metric_name
 from sweeps.layout import trial_label
+from sweeps.study import trial_config
 
 _LIBRARY_LOGGERS = ("ray", "mlflow", "alembic", "sqlalchemy", "urllib3", "filelock", "optuna")
 
@@ -111,7 +113,7 @@ class SweepConsole(Callback):
             target = trial.config.get("_refine")
             swept = dict(target["swept"]) if target else {
                 k: v for k, v in trial.config.items() if not k.startswith("_")}
-            levels = swept.get("imp.levels", self.study.base_config().imp.levels)
+            levels = max(grid_levels(trial_config(self.study, swept)))
             name = trial_label(swept, self.study.swept_keys)
             self.rows[trial.trial_id] = Row(name + (" (refine)" if target else ""), levels)
         return self.rows[trial.trial_id]

@@ -40,11 +40,15 @@ def _figure(path: Path, alt: str) -> str:
 def _table(report: Report) -> str:
     header = ["configuration", "n", "dense acc %"]
     header += [f"{name} breakdown %" for name in report.networks]
+    header += [f"{name} unstable %" for name in report.analysed]
+    header += ["source ticket breakdown %"] if report.transfer else []
     rows = ["<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
     for config in report.configurations:
         mean, std = config.dense_acc
         cells = [config.label, str(config.n), f"{100 * mean:.2f} ± {100 * std:.2f}"]
         cells += [config.cell(name) for name in report.networks]
+        cells += [config.onset_cell(name) for name in report.analysed]
+        cells += [config.source_cell()] if report.transfer else []
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     return "<table>\n" + "\n".join(rows) + "\n</table>"
 
@@ -57,6 +61,10 @@ def html_page(report: Report, studies: dict[str, str]) -> str:
                         f"{report.metric} against weights remaining, per configuration")
         panels = _figure(report.panels(folder / "panels.png"),
                          "one panel per configuration: ticket and controls")
+        drawn = report.instability_plot(folder / "instability.png")
+        stability = "" if drawn is None else (
+            "<h2>Instability</h2>\n" + _figure(drawn, "accuracy and error barrier against "
+                                              "weights remaining, per configuration"))
     notes = report.table().splitlines()[len(report.configurations) + 2:]
     study_blocks = "\n".join(
         f"<h3>{html.escape(name)}</h3>\n<pre>{html.escape(text)}</pre>"
@@ -84,6 +92,7 @@ def html_page(report: Report, studies: dict[str, str]) -> str:
 {sweep}
 <h2>Per configuration</h2>
 {panels}
+{stability}
 <h2>Study</h2>
 {study_blocks}
 </body>

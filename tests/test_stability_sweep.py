@@ -69,8 +69,8 @@ def test_a_transfer_study_with_instability_lands_in_mlflow_and_the_report(
         assert len(json.loads(open(curve).read())["alpha"]) == 5
 
     out = tmp_path / "report"
-    reported = run_cli(["report", "transfer_stability", "--tracking-uri", uri, "--out", str(out)],
-                       cwd=tmp_path)
+    reported = run_cli(["report", "transfer_stability", "--tracking-uri", uri, "--out", str(out),
+                        "--html"], cwd=tmp_path)
     assert reported.returncode == 0, reported.stdout + reported.stderr
     header = reported.stdout.splitlines()[1]
     assert "ticket unstable %" in header and "reinit unstable %" in header
@@ -79,6 +79,8 @@ def test_a_transfer_study_with_instability_lands_in_mlflow_and_the_report(
                                               BreakdownRule(50.0, "test_acc"))]))
     assert reported.stdout.splitlines()[2].rstrip().endswith(source)
     assert (out / "instability.png").stat().st_size > 10_000
+    page = (out / "breakdown.html").read_text()
+    assert "<h2>Instability</h2>" in page and "source ticket breakdown %" in page
     rows = list(csv.DictReader((out / "instability.csv").open()))
     assert {(r["network"], r["level"]) for r in rows} == {
         ("ticket", "0"), ("ticket", "1"), ("ticket", "2"), ("reinit", "1"), ("reinit", "2")}
