@@ -67,6 +67,29 @@ def run_with(*overrides: str, command: str = "run") -> Case:
     return argv
 
 
+def a_source_run(tmp: Path, npz: Path) -> Path:
+    """A finished one-level LeNet run on 28x28 MNIST images, to transfer tickets from."""
+    from lt_core.config import config_from_dict
+    from lt_core.imp import ImpRun
+
+    config = config_from_dict({"model": {"name": "lenet_300_100"},
+                               "data": {"name": "npz", "path": str(npz),
+                                        "train_split": "train[:120]", "test_split": "test[:20]"},
+                               "train": {"length": "1it"}, "imp": {"levels": 1}})
+    ImpRun(config, tmp / "source").run()
+    return tmp / "source"
+
+
+def colour_32x32(tmp: Path) -> Path:
+    rng = np.random.default_rng(0)
+    path = tmp / "colour.npz"
+    np.savez(path, x_train=rng.integers(0, 255, (40, 32, 32, 3), dtype=np.uint8),
+             y_train=np.arange(40) % 10, x_test=rng.integers(0, 255, (10, 32, 32, 3),
+                                                               dtype=np.uint8),
+             y_test=np.arange(10) % 10)
+    return path
+
+
 def file_in_the_way(tmp: Path) -> Path:
     return write(tmp, "taken", "a file, not a folder")
 
@@ -156,6 +179,22 @@ CASES: dict[str, tuple[Case, str]] = {
     "cuda without a GPU per trial": (run_with("base.device=cuda"),
                                      "base.device: 'cuda' but resources.gpu is 0"),
     "unknown device": (run_with("base.device=tpu", command="validate"), "device: String should"),
+    # ---- ticket transfer
+    "transfer from a folder that is not a run": (run_with("base.imp.ticket_from={tmp}"),
+                                                 "base.imp.ticket_from: "),
+    "transfer to inputs the architecture cannot take": (
+        lambda t, n: run_with(f"base.imp.ticket_from={a_source_run(t, n)}",
+                              f"base.data.path={colour_32x32(t)}")(t, n),
+        "base.imp.ticket_from: the source's fc1.weight is 300x784, but lenet_300_100 on this "
+        "data needs 300x3072"),
+    "transfer from an MLflow run the store lacks": (
+        lambda t, n: run_with("base.imp.ticket_from=" + "0123456789abcdef" * 2,
+                              f"tracking.uri=sqlite:///{t / 'none.db'}")(t, n),
+        "base.imp.ticket_from: MLflow run 0123456789abcdef0123456789abcdef"),
+    "refining a transfer": (
+        lambda t, n: run_with(f"base.imp.ticket_from={a_source_run(t, n)}",
+                              "breakdown.refine=2", command="validate")(t, n),
+        "breakdown.refine: a transfer study"),
     # ---- flags
     "negative report tolerance": (lambda t, n: ["report", "quickstart", "--tolerance", "-1"],
                                   "--tolerance: -1"),
