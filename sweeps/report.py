@@ -18,6 +18,7 @@ and the parent run's answer. A trial whose ticket diverged is FINISHED, not FAIL
 from __future__ import annotations
 
 import csv
+import re
 import statistics
 import tempfile
 from dataclasses import dataclass, field
@@ -232,6 +233,14 @@ class Configuration:
             return Mark(threshold, 1 - summary.sparsity_est, densities[-1], None, means[-1])
         return Mark(threshold, 1 - summary.sparsity_est, 1 - summary.sparsity_low,
                     1 - summary.sparsity_high, None, interval)
+
+
+def natural_order(label: str) -> list:
+    """Sort key for configuration labels: numbers by value (``rewind=50it`` before ``500it``,
+    ``rate=0.45`` before ``0.5``), the rest as text."""
+    parts = re.split(r"(\d+(?:\.\d+)?)", label)
+    return [(0, float(part), "") if index % 2 else (1, 0.0, part)
+            for index, part in enumerate(parts)]
 
 
 def _optional(value: float | None) -> float | str:
@@ -576,7 +585,7 @@ def build_report(tracking_uri: str | None, experiment_name: str,
     for trial in trials:
         configurations.setdefault(trial.label, Configuration(trial.label, rule, controls))
         configurations[trial.label].trials.append(trial)
-    ordered = [configurations[label] for label in sorted(configurations)]
+    ordered = [configurations[label] for label in sorted(configurations, key=natural_order)]
     return Report(experiment_name, tracking_uri, rule, controls, ordered,
                   left_out=len(runs) - len(usable))
 

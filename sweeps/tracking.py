@@ -320,7 +320,8 @@ def sweep_answer(report: Report) -> tuple[dict[str, float], dict[str, str]]:
     """The sweep's answer as parent-run metrics and tags. Per configuration and network, the
     breakdown metrics ``breakdown_sparsity_est/<configuration>`` (``_low``, ``_high``,
     ``_ci_low``, ``_ci_high``, ``censored``; a control's prefixed ``reinit_``...) and a tag
-    ``lt.breakdown/<configuration>`` with the table's cells. Then ``best_breakdown_sparsity_est``
+    ``lt.breakdown/<configuration>`` with the table's cells; with the instability analysis,
+    ``unstable_sparsity/<configuration>`` per analysed network that became unstable. Then ``best_breakdown_sparsity_est``
     and the tag ``lt.best_configuration``: the configuration whose ticket breaks down sparsest
     (lower bounds count as their bound)."""
     metrics: dict[str, float] = {}
@@ -346,6 +347,11 @@ def sweep_answer(report: Report) -> tuple[dict[str, float], dict[str, str]]:
             cells.append(f"{network} {breakdown_cell(summary)}")
             if network == TICKET and (best is None or summary.sparsity_est > best[0]):
                 best = (summary.sparsity_est, config.label)
+        for network in report.analysed:  # where it became unstable, beside its breakdown
+            unstable = config.unstable_density(network)
+            if unstable is not None:
+                metrics[f"{metric_name('unstable_sparsity', network)}/{slug}"] = 1 - unstable
+            cells.append(f"{network} unstable {config.onset_cell(network)}")
         tags[f"lt.breakdown/{slug}"] = "; ".join(cells)
     if best is not None:
         metrics["best_breakdown_sparsity_est"] = best[0]

@@ -47,8 +47,10 @@ def test_a_transfer_study_with_instability_lands_in_mlflow_and_the_report(
     ran = run_cli(["run", str(study)], cwd=tmp_path)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    _, trials = sweep_runs(uri, "transfer_stability")
+    parents, trials = sweep_runs(uri, "transfer_stability")
     assert len(trials) == 2
+    answer = next(v for k, v in parents[0].data.tags.items() if k.startswith("lt.breakdown/"))
+    assert "ticket unstable " in answer and "reinit unstable " in answer
     import mlflow
 
     client = mlflow.MlflowClient(uri)
