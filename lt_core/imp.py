@@ -48,12 +48,14 @@ from lt_core.lr_schedule import lr_schedule
 from lt_core.masks import Masks, apply_masks, dense_masks, density, pruning_plan
 from lt_core.metrics import TICKET
 from lt_core.models import build_model
+from lt_core.optim import FusedOptimizer
 from lt_core.pruning import ScoreContext, prune
 from lt_core.retrain import RETRAIN_MODES
-from lt_core.rundir import (analysis_dir, analysis_result_file, atomic_save, atomic_write_json,
-                            atomic_write_text, config_file, copy_files, final_file, init_file,
-                            level_dir, load_tensors, mask_file, metrics_file, network_files,
-                            point_dirs, read_json, rewind_file)
+from lt_core.rundir import (analysis_curves, analysis_dir, analysis_result_file, atomic_save,
+                            atomic_write_json, atomic_write_text, config_file, copy_files,
+                            final_file, init_file, level_dir, load_tensors, mask_file,
+                            metrics_file, network_files, point_dirs, read_json, rewind_file,
+                            rewind_optimizer_file, transfer_file)
 from lt_core.steps import Step
 from lt_core.training import TrainOutcome, steps_per_epoch, total_iterations, train
 from lt_core.transfer import transfer_levels, transferred_masks, transferred_state
@@ -143,7 +145,9 @@ class ImpRun:
     def levels(self) -> list[int]:
         """The grid levels: 0..imp.levels, or those of the transferred tickets."""
         if self._levels is None:
-            self._levels = grid_levels(self.config)
+            fixed = transfer_file(self.out)  # a transfer's levels, fixed when it began
+            self._levels = (read_json(fixed)["levels"] if fixed.exists() and self.transfer
+                            else grid_levels(self.config))
         return self._levels
 
     def _previous(self, level: int) -> int | None:
@@ -316,10 +320,13 @@ class ImpRun:
         level a control's bisection may still ask for; with ``refine`` (networks, steps), the
         refinement points' sources, and while a refined control's bisection is open the weights
         of every level that may become its bracket. The files that exist, each once."""
-        files = [config_file(self.out), init_file(self.out), rewind_file(self.out)]
+        files = [config_file(self.out), init_file(self.out), rewind_file(self.out),
+                 rewind_optimizer_file(self.out), transfer_file(self.out)]
+        if self.transfer is not None:  # every transferred mask (stored when the run began)
+            files += [mask_file(level_dir(self.out, level)) for level in self.levels]
         for _, _, folder in point_dirs(self.out):
             if metrics_file(folder).exists():  # a finished point: its summary and curves
-                files += [metrics_file(folder), *sorted(folder.glob("analyses/*/*/curve.json"))]
+                files += [metrics_file(folder), *analysis_curves(folder)]
         last = max(self.finished_levels(), default=-1)
         following = [level for level in self.levels if level > last]
         if following and self.diverged_level() is None:
@@ -345,6 +352,9 @@ class ImpRun:
         stored = mask_file(level_dir(self.out, level, sublevel))
         if self.transfer is not None and not stored.exists():
             self._init_model()  # stores the transferred masks of every level
+            if not stored.exists():
+                raise RuntimeError(f"{self.out}: the transferred mask of level {level} is "
+                                   f"missing ({stored.name} in {stored.parent.name})")
         if stored.exists():
             return self._load(stored)
         model = self._init_model()
@@ -372,13 +382,15 @@ class ImpRun:
         if path.exists():
             return self._model_from(self._load(path))
         model = self._fresh_model(self.config.seed)
-        if self.transfer is not None:  # the masks first: init.pt marks the transfer complete
+        if self.transfer is not None:  # masks and levels first: init.pt marks the transfer made
             for level in self.levels:
                 generator = torch.Generator().manual_seed(
                     derived_seed(self.config.seed, level, "transfer"))
                 source = self._load(mask_file(level_dir(self.transfer, level)))
                 atomic_save(transferred_masks(source, model, generator),
                             mask_file(level_dir(self.out, level)))
+            atomic_write_json({"source": str(self.transfer), "levels": self.levels},
+                              transfer_file(self.out))
             model.load_state_dict(transferred_state(self._load(rewind_file(self.transfer)),
                                                     model))
         atomic_save(model.state_dict(), path)
@@ -436,11 +448,12 @@ class ImpRun:
         atomic_write_json(measured, analysis_result_file(folder))
         return measured
 
-    def _network_start(self, level: int, sublevel: int, name: str, masks: Masks) -> dict:
-        """The weights a network of a point trains from (the ticket's or a control's)."""
+    def _network_start(self, level: int, sublevel: int, name: str) -> dict:
+        """The weights a network of a point trains from (the ticket's or a control's, which is
+        made from the ticket's start and masks)."""
         if name == TICKET:
             return self._ticket_start(level, sublevel)
-        return self._control_start(level, sublevel, name, masks).state
+        return self._control_start(level, sublevel, name, self._masks_for(level, sublevel)).state
 
     def _train_copy(self, level: int, sublevel: int, name: str, masks: Masks, folder: Path,
                     seed: int) -> tuple[torch.nn.Module, TrainOutcome]:
@@ -454,11 +467,15 @@ class ImpRun:
             return model, TrainOutcome(**read_json(files.result), history=history)
         dense = level == 0 and sublevel == 0
         state = (self._load(rewind_file(self.out)) if dense else
-                 self._network_start(level, sublevel, name, masks))
+                 self._network_start(level, sublevel, name))
         model = self._model_from(state)
         apply_masks(model, masks)
+        # The dense network went through the rewind point with its optimizer's state; its copy
+        # continues from that state (pruned levels restart both copies with a fresh optimizer).
+        saved = rewind_optimizer_file(self.out)
+        optimizer_state = self._load(saved) if dense and saved.exists() else None
         outcome = self._train(level, sublevel, f"{name}/copy", model, masks, files.checkpoint,
-                              seed=seed, from_rewind=True)
+                              seed=seed, from_rewind=True, optimizer_state=optimizer_state)
         atomic_save(model.state_dict(), files.final)
         atomic_write_json(outcome.history, files.history)
         atomic_write_json(outcome.metrics(), files.result)
@@ -481,8 +498,8 @@ class ImpRun:
         return outcome.metrics()
 
     def _train(self, level: int, sublevel: int, name: str, model: torch.nn.Module, masks: Masks,
-               checkpoint: Path, seed: int | None = None, from_rewind: bool = False
-               ) -> TrainOutcome:
+               checkpoint: Path, seed: int | None = None, from_rewind: bool = False,
+               optimizer_state: dict | None = None) -> TrainOutcome:
         """Train a network of a point to the end: pruned points (and, with ``from_rewind``, any
         point) from the rewind iteration, the dense level from 0; data order by ``seed`` (the
         experiment's by default)."""
@@ -498,7 +515,7 @@ class ImpRun:
             lr_at = RETRAIN_MODES[self.config.imp.retrain].lr_at(schedule, end)
         snapshot = None
         if not pruned and not from_rewind and not rewind_file(self.out).exists():
-            snapshot = lambda m: atomic_save(m.state_dict(), rewind_file(self.out))  # noqa: E731
+            snapshot = self._save_rewind_point
         on_eval = None
         if self.progress:
             label = name if not sublevel else f"{name}@{level}.{sublevel:03d}"
@@ -507,4 +524,11 @@ class ImpRun:
         seed = self.config.seed if seed is None else seed
         return train(model, masks, self.data, train_config, seed=seed, start=start,
                      end=end, lr_at=lr_at, checkpoint=checkpoint, snapshot_at=rewind_iter,
-                     on_snapshot=snapshot, on_eval=on_eval)
+                     on_snapshot=snapshot, on_eval=on_eval, optimizer_state=optimizer_state)
+
+    def _save_rewind_point(self, model: torch.nn.Module, optimizer: FusedOptimizer) -> None:
+        """The weights at the rewind point (``rewind.pt``, written last); with analyses, the
+        optimizer's state there too."""
+        if self.config.imp.analyses:
+            atomic_save(optimizer.state_dict(), rewind_optimizer_file(self.out))
+        atomic_save(model.state_dict(), rewind_file(self.out))

@@ -1,6 +1,7 @@
 """The run directory (a public contract): every file name is spelled here and only here.
 
-    OUT/config.yaml, OUT/init.pt, OUT/rewind.pt
+    OUT/config.yaml, OUT/init.pt, OUT/rewind.pt, OUT/rewind_optimizer.pt (with imp.analyses),
+    OUT/transfer.json (imp.ticket_from)
     OUT/level_NN/            a grid level: mask.pt, final.pt, ticket.json, history_ticket.json,
                              metrics.json (written last: the level is finished),
                              controls/NAME/{final.pt, metrics.json, history.json}
@@ -39,6 +40,22 @@ def init_file(out: Path) -> Path:
 
 def rewind_file(out: Path) -> Path:
     return out / "rewind.pt"
+
+
+def rewind_optimizer_file(out: Path) -> Path:
+    """The optimizer's state at the rewind point (kept with ``imp.analyses``: the dense level's
+    second copy continues from it as the first did)."""
+    return out / "rewind_optimizer.pt"
+
+
+def transfer_file(out: Path) -> Path:
+    """A transfer run's source and levels, fixed when it starts (``imp.ticket_from``)."""
+    return out / "transfer.json"
+
+
+def analysis_curves(folder: Path) -> list[Path]:
+    """The analyses' curve files of one point's folder."""
+    return sorted(folder.glob("analyses/*/*/curve.json"))
 
 
 def level_dir(out: Path, level: int, sublevel: int = 0) -> Path:

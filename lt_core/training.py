@@ -25,7 +25,7 @@ from lt_core.config import TrainConfig
 from lt_core.data import Split, TensorData
 from lt_core.masks import Masks
 from lt_core.metrics import STATUS_DIVERGED, STATUS_KEY, STATUS_OK
-from lt_core.optim import make_optimizer
+from lt_core.optim import FusedOptimizer, make_optimizer
 from lt_core.rundir import atomic_save, load_tensors
 from lt_core.steps import Step, iterations_per_epoch
 
@@ -100,14 +100,17 @@ def train(
     lr_at: Callable[[int], float],
     checkpoint: Path | None = None,
     snapshot_at: int | None = None,
-    on_snapshot: Callable[[nn.Module], None] | None = None,
+    on_snapshot: Callable[[nn.Module, FusedOptimizer], None] | None = None,
     on_eval: Callable[[dict], None] | None = None,
+    optimizer_state: dict | None = None,
 ) -> TrainOutcome:
     """Train iterations [start, end) with the data order of an uninterrupted run from 0.
 
     Evaluates at every multiple of ``eval_every`` and at ``end``; saves ``checkpoint`` at each
-    evaluation and resumes from it when it exists. ``on_snapshot`` sees the model when the
-    iteration counter reaches ``snapshot_at`` (used to save the rewind point). A step whose
+    evaluation and resumes from it when it exists. ``on_snapshot`` sees the model and its
+    optimizer when the iteration counter reaches ``snapshot_at`` (used to save the rewind
+    point). ``optimizer_state`` starts the optimizer from a saved state (momentum, Adam's
+    moments) instead of fresh, unless a checkpoint is resumed. A step whose
     loss is not finite ends training at once, unapplied: the last record then has
     ``status: diverged`` and ``train_loss`` None.
     """
@@ -118,6 +121,8 @@ def train(
     masked_params = [params[name] for name in masks]
     mask_values = [mask.to(params[name].dtype) for name, mask in masks.items()]
     iteration, history, seconds = start, [], 0.0
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
     if checkpoint is not None and checkpoint.exists():
         state = load_tensors(checkpoint)
         model.load_state_dict(state["model"])
@@ -127,7 +132,7 @@ def train(
     loss_sum, loss_count, plan, plan_epoch = 0.0, 0, None, -1
     clock = time.perf_counter()
     if iteration == snapshot_at and on_snapshot:
-        on_snapshot(model)
+        on_snapshot(model, optimizer)
     while iteration < end:
         epoch, position = divmod(iteration, spe)
         if epoch != plan_epoch:
@@ -152,7 +157,7 @@ def train(
         loss_count += 1
         iteration += 1
         if iteration == snapshot_at and on_snapshot:
-            on_snapshot(model)
+            on_snapshot(model, optimizer)
         if iteration % eval_every == 0 or iteration == end:
             seconds += time.perf_counter() - clock
             record = _evaluation(model, data, iteration, loss_sum / loss_count)

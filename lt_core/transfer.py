@@ -48,6 +48,9 @@ def transfer_levels(config: ExperimentConfig) -> list[int]:
     """The grid levels a transfer experiment trains: the dense level 0 (its reference), then
     the source's levels in ``ticket_levels`` (every finished one by default)."""
     available = source_levels(Path(config.imp.ticket_from))
+    if not available:
+        raise ConfigError(f"{FIELD}: {config.imp.ticket_from} has no finished level (is it "
+                          f"reachable from here?)")
     wanted = config.imp.ticket_levels
     return sorted({0, *(level for level in available if wanted is None or level in wanted)})
 

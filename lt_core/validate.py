@@ -38,7 +38,8 @@ def _check_schedule(config: ExperimentConfig, train_examples: int, source: str) 
     if (config.imp.levels > 0 or config.imp.analyses) and rewind >= length:
         raise ConfigError(
             f"{source}: imp.rewind: {config.imp.rewind!r} ({rewind} iterations) leaves "
-            f"{'pruned levels' if config.imp.levels else 'analysis copies'} nothing to train: train.length {config.train.length!r} is {length} "
+            f"{'pruned levels' if config.imp.levels else 'analysis copies'} nothing to train: "
+            f"train.length {config.train.length!r} is {length} "
             f"iterations ({per_epoch} per epoch)")
 
 

@@ -60,7 +60,8 @@ def _duration(seconds: float) -> str:
 @dataclass
 class Row:
     name: str
-    levels: int
+    levels: int  # the deepest grid level
+    points: int  # how many grid levels it trains
     state: str = "pending"
     level: str = "-"
     reported: int = 0  # grid levels reported
@@ -113,9 +114,10 @@ class SweepConsole(Callback):
             target = trial.config.get("_refine")
             swept = dict(target["swept"]) if target else {
                 k: v for k, v in trial.config.items() if not k.startswith("_")}
-            levels = max(grid_levels(trial_config(self.study, swept)))
+            levels = grid_levels(trial_config(self.study, swept))
             name = trial_label(swept, self.study.swept_keys)
-            self.rows[trial.trial_id] = Row(name + (" (refine)" if target else ""), levels)
+            self.rows[trial.trial_id] = Row(name + (" (refine)" if target else ""), max(levels),
+                                            len(levels))
         return self.rows[trial.trial_id]
 
     def _print(self, line: str) -> None:
@@ -204,7 +206,7 @@ class SweepConsole(Callback):
     def _footer(self) -> str:
         states = [row.state for row in self.rows.values()]
         done = sum(row.reported for row in self.rows.values())
-        total = sum(row.levels + 1 for row in self.rows.values())
+        total = sum(row.points for row in self.rows.values())
         elapsed = time.monotonic() - self.started
         eta = ""
         if 0 < done < total and any(s == "running" for s in states):

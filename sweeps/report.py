@@ -29,6 +29,7 @@ from mlflow.entities import Run
 
 from lt_core.breakdown import (Breakdown, BreakdownRule, SeedAggregate, aggregate, divergence,
                                locate)
+from lt_core.config import InstabilityConfig
 from lt_core.imp import run_records
 from lt_core.levels import LevelRecord, networks_in
 from lt_core.metrics import (ACCURACY_METRICS, DIVERGED, INSTABILITY, TICKET, metric_name,
@@ -44,7 +45,7 @@ DEFAULT_TOLERANCE_PP = 1.0
 DEFAULT_METRIC = "test_acc"
 LEFT_OUT_STATUSES = ("FAILED", "KILLED")
 THRESHOLD_PARAM = "instability.threshold"  # a trial run's param (its resolved config)
-DEFAULT_THRESHOLD_PP = 2.0
+DEFAULT_THRESHOLD_PP = InstabilityConfig.model_fields["threshold"].default
 
 
 def search_all_runs(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> list[Run]:

@@ -261,8 +261,8 @@ def parse_refine_args(study: Study, steps: str, networks: str) -> tuple[int, lis
     if not 1 <= count <= MAX_REFINE_STEPS or str(count) != steps.strip():
         raise ConfigError(f"--steps: {steps!r} is not a whole number from 1 to "
                           f"{MAX_REFINE_STEPS} (refinement points per bracket)")
-    if study.base_config().imp.ticket_from is not None:
-        raise ConfigError(f"{study.source_path}: base.imp.ticket_from: a transfer study trains "
+    if study.transfers:
+        raise ConfigError(f"{study.source_path}: imp.ticket_from: a transfer study trains "
                           f"only its source's levels; there is nothing between them to refine")
     names = [name.strip() for name in networks.split(",") if name.strip()]
     check_networks(names, study.base_config().imp.controls, "--networks")

@@ -177,6 +177,20 @@ class Study:
         self.experiment = spec.tracking.experiment or spec.name
         self.base = _absolute_ticket_source(self.base, self.tracking_uri,
                                             f"{source_path}: base.imp.ticket_from")
+        swept_source = self.space.get(TICKET_FROM)
+        if swept_source is not None and swept_source.values is not None:
+            field = f"{source_path}: space.{TICKET_FROM}"
+            resolved = [_absolute_source(v, self.tracking_uri, field) if isinstance(v, str) else v
+                        for v in swept_source.values]
+            self.space = {**self.space, TICKET_FROM: swept_source.model_copy(
+                update={swept_source.kind: resolved})}
+
+    @property
+    def transfers(self) -> bool:
+        """Its trials train transferred tickets (``imp.ticket_from`` in the base or swept)."""
+        return TICKET_FROM in self.space or (
+            isinstance(self.base.get("imp"), dict) and
+            self.base["imp"].get("ticket_from") is not None)
 
     @property
     def swept_keys(self) -> list[str]:
@@ -193,16 +207,23 @@ class Study:
         return trial_config(self, {})
 
 
+TICKET_FROM = "imp.ticket_from"
+
+
+def _absolute_source(value: str, tracking_uri: str, field: str) -> str:
+    """A transfer's source as an absolute path on the driver (an MLflow run id: its run
+    directory), before trials move to other working directories."""
+    from sweeps.transfer import resolve_ticket_source
+
+    return str(Path(resolve_ticket_source(value, tracking_uri, field)).expanduser().resolve())
+
+
 def _absolute_ticket_source(base: dict, tracking_uri: str, field: str) -> dict:
-    """A transfer's source as an absolute path (an MLflow run id: its run directory)."""
     imp = base.get("imp")
     source = imp.get("ticket_from") if isinstance(imp, dict) else None
     if not isinstance(source, str):
         return base
-    from sweeps.transfer import resolve_ticket_source
-
-    resolved = resolve_ticket_source(source, tracking_uri, field)
-    return {**base, "imp": {**imp, "ticket_from": str(Path(resolved).expanduser().resolve())}}
+    return {**base, "imp": {**imp, "ticket_from": _absolute_source(source, tracking_uri, field)}}
 
 
 def _absolute_data_paths(base: dict) -> dict:
@@ -291,8 +312,8 @@ def _check_experiments(study: Study) -> None:
         raise ConfigError(str(err).replace(f"{source}: ", f"{source}: base.", 1)) from None
     check_networks(study.breakdown.refine_networks, base.imp.controls,
                    f"{source}: breakdown.refine_networks")
-    if base.imp.ticket_from is not None and study.breakdown.refine:
-        raise ConfigError(f"{source}: breakdown.refine: a transfer study (base.imp.ticket_from) "
+    if study.transfers and study.breakdown.refine:
+        raise ConfigError(f"{source}: breakdown.refine: a transfer study (imp.ticket_from) "
                           f"trains only its source's levels; there is nothing between them to "
                           f"refine")
     if base.device.startswith("cuda") and study.resources.gpu == 0:

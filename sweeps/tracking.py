@@ -41,7 +41,7 @@ from ray.tune import Callback
 from lt_core.breakdown import BreakdownRule, dense_accuracy, locate, trial_summary
 from lt_core.levels import LevelRecord, networks_in
 from lt_core.metrics import TICKET, metric_name
-from lt_core.rundir import metrics_file, point_dirs
+from lt_core.rundir import analysis_curves, metrics_file, point_dirs
 from sweeps.layout import (CONFIG_TAG, DIVERGED_TAG, METRIC_PARAM, PARENT_RUN_TAG,
                            REFINE_FAILED_TAG, ROLE_TAG, RUN_DIR_TAG, RUN_NAME_TAG, SWEEP_TAG,
                            SYSTEM_PREFIX, TICKET_FROM_TAG, TOLERANCE_PARAM, TRIAL_TAG, WORKER_TAG, configuration_slug,
@@ -283,7 +283,7 @@ def log_analysis_curves(client: MlflowClient, run_id: str, run_dir: Path) -> Non
     path) as artifacts, laid out as in the run directory (``level_03/analyses/instability/
     ticket/curve.json``); nothing when the run directory is not on this machine."""
     curves = [path for _, _, folder in point_dirs(run_dir) if metrics_file(folder).exists()
-              for path in sorted(folder.glob("analyses/*/*/curve.json"))]
+              for path in analysis_curves(folder)]
     if not curves:
         return
     with tempfile.TemporaryDirectory() as temp:

@@ -109,6 +109,35 @@ def test_two_copies_with_the_same_data_order_have_no_barrier(tiny_config, tiny_d
     assert stored["test_error"][-1] == pytest.approx(100 * (1 - level[COPY_TEST_ACC]))
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_every_networks_copy_starts_where_the_network_started(tiny_config, tiny_data, tmp_path,
+                                                              optimizer) -> None:
+    """Trained with the network's own data order, each copy is the network exactly: the same
+    start weights, masks and optimizer state (the dense level's from the rewind point on)."""
+    config = tiny_config({
+        "train": {"optimizer": optimizer, "lr": 1e-3 if optimizer == "adam" else 0.05,
+                  "momentum": 0.0 if optimizer == "adam" else 0.9, "weight_decay": 1e-4},
+        "imp": {"levels": 1, "rewind": "7it", "controls": ["reinit", "random_prune", "shuffle"],
+                "analyses": ["instability"],
+                "analyses_on": ["ticket", "reinit", "random_prune", "shuffle"]},
+        "instability": {"points": 3}})
+    run = ImpRun(config, tmp_path / "run", data=tiny_data)
+    for level in run.levels:
+        run.run_level(level)
+    for level, network in [(0, "ticket"), (1, "ticket"), (1, "reinit"), (1, "random_prune"),
+                           (1, "shuffle")]:
+        folder = level_dir(run.out, level)
+        files = rundir.network_files(folder, network)
+        masks = run._load(rundir.mask_file(folder))  # the ticket's; reinit trains with them too
+        if network in ("random_prune", "shuffle"):  # their own masks: those they trained with
+            masks = run._control_start(level, 0, network, masks).masks
+        same, _ = run._train_copy(level, 0, network, masks, tmp_path / f"same-{level}-{network}",
+                                  seed=config.seed)
+        trained = run._load(files.final)
+        for name, value in trained.items():
+            assert torch.equal(same.state_dict()[name], value), (level, network, name)
+
+
 def test_batchnorm_statistics_are_recomputed_on_the_path() -> None:
     torch.manual_seed(0)
     a = build_model("resnet20", (3, 16, 16), 10)

@@ -108,3 +108,27 @@ def test_a_source_named_by_its_mlflow_run_id_is_its_run_directory(tmp_path, sour
         resolve_ticket_source(plain.info.run_id, uri, "f")
     with pytest.raises(ConfigError, match="f: no MLflow run 0{32} in"):
         resolve_ticket_source("0" * 32, uri, "f")
+
+
+def test_swept_sources_are_resolved_on_the_driver(source_run, npz_path, tmp_path,
+                                                  monkeypatch) -> None:
+    """A relative source in the space is made absolute where the study is read (trials run in
+    other working directories), and a transfer study refuses refinement."""
+    from lt_core.errors import ConfigError
+    from sweeps.study import load_study
+
+    monkeypatch.chdir(source_run.parent)
+    study = tmp_path / "swept.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "swept_sources",
+        "base": {"model": {"name": "lenet_300_100"},
+                 "data": {"name": "npz", "path": str(npz_path)},
+                 "train": {"length": "40it"}},
+        "space": {"imp.ticket_from": {"grid": [source_run.name]}},
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        "run": {"storage_path": str(tmp_path / "results")}}))
+    loaded = load_study(study)
+    assert loaded.space["imp.ticket_from"].grid == [str(source_run)]
+    assert loaded.transfers
+    with pytest.raises(ConfigError, match="breakdown.refine: a transfer study"):
+        load_study(study, ["breakdown.refine=2"])

@@ -139,3 +139,30 @@ def test_a_folder_that_is_not_a_run_is_refused(tiny_config, tmp_path) -> None:
 
     with pytest.raises(ConfigError, match="imp.ticket_from: .* is not a run directory"):
         check_experiment(tiny_config({"imp": {"ticket_from": str(tmp_path)}}), "study")
+
+
+def test_a_started_transfer_needs_its_source_no_more(source, tiny_config, tiny_data,
+                                                     tmp_path) -> None:
+    """Once a transfer run has begun, its levels and masks are its own: a restart elsewhere from
+    what it keeps to continue (the resume kit) finishes it without the source, as if
+    uninterrupted, and a source that gains levels later changes nothing."""
+    import shutil
+
+    from lt_core.breakdown import BreakdownRule
+
+    copied = tmp_path / "source"
+    shutil.copytree(source, copied)
+    config = tiny_config({"imp": {"ticket_from": str(copied), "ticket_levels": [0, 2]}})
+    expected = ImpRun(config, tmp_path / "whole", data=tiny_data).run()
+    first = ImpRun(config, tmp_path / "first", data=tiny_data)
+    first.run_level(0)
+    elsewhere = tmp_path / "elsewhere"
+    for path in first.files_to_continue(BreakdownRule(1.0, "test_acc")):
+        target = elsewhere / path.relative_to(first.out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    shutil.rmtree(copied)
+    rows = ImpRun(config, elsewhere, data=tiny_data).run()
+    strip = lambda row: {k: v for k, v in row.items() if k != "train_seconds"}  # noqa: E731
+    assert [strip(r) for r in rows] == [strip(r) for r in expected]
+    assert [r["level"] for r in rows] == [0, 2]

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol
 
-import torch
 from torch import nn
 
 from lt_core.masks import Masks
@@ -19,9 +18,6 @@ if TYPE_CHECKING:  # the config lists the registry's names: it imports this pack
     from lt_core.config import ExperimentConfig
     from lt_core.data import TensorData
     from lt_core.training import TrainOutcome
-
-State = dict[str, torch.Tensor]
-
 
 @dataclass
 class AnalysisInputs:
