@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lt_core.breakdown import BreakdownRule
+from lt_core.config import deep_merge
 from lt_core.imp import ImpRun
 from lt_core.levels import LevelRecord
 from sweeps.trainable import _restore_resume_kit, _write_resume_kit, report_id
@@ -18,11 +19,16 @@ RULE = BreakdownRule(10.0, "test_acc")
 REFINE = (["ticket", "reinit"], 2)
 
 
-def _config(tiny_config, retrain: str, mode: str):
-    return tiny_config({"pruning": {"rate": 0.75, "mode": mode},
-                        "imp": {"levels": 4, "controls": ["reinit", "random_prune"],
-                                "control_levels": "breakdown", "retrain": retrain},
-                        "train": {"length": "60it"}})
+ANALYSED = {"imp": {"levels": 3, "rewind": "10it", "analyses": ["instability"],
+                    "analyses_on": ["ticket"]},
+            "train": {"optimizer": "adam", "lr": 1e-3}, "instability": {"points": 3}}
+
+
+def _config(tiny_config, retrain: str, mode: str, extra: dict | None = None):
+    return tiny_config(deep_merge({"pruning": {"rate": 0.75, "mode": mode},
+                                   "imp": {"levels": 4, "controls": ["reinit", "random_prune"],
+                                           "control_levels": "breakdown", "retrain": retrain},
+                                   "train": {"length": "60it"}}, extra or {}))
 
 
 def _comparable(records: list[LevelRecord]) -> list[tuple]:
@@ -31,12 +37,16 @@ def _comparable(records: list[LevelRecord]) -> list[tuple]:
               for n, m in sorted(r.networks.items())}) for r in records]
 
 
-@pytest.mark.parametrize("retrain, mode", [("rewind", "iterative"), ("lr_rewind", "iterative"),
-                                           ("finetune", "one_shot"), ("rewind", "one_shot"),
-                                           ("rewind", "at_init")])
+@pytest.mark.parametrize("retrain, mode, extra", [
+    ("rewind", "iterative", None), ("lr_rewind", "iterative", None), ("finetune", "one_shot", None),
+    ("rewind", "one_shot", None), ("rewind", "at_init", None),
+    ("rewind", "iterative", ANALYSED)], ids=["rewind-iterative", "lr_rewind-iterative",
+                                             "finetune-one_shot", "rewind-one_shot",
+                                             "rewind-at_init", "instability"])
 def test_every_phase_continues_on_a_new_node_from_the_kit(tiny_config, tiny_data, tmp_path: Path,
-                                                          retrain: str, mode: str) -> None:
-    config = _config(tiny_config, retrain, mode)
+                                                          retrain: str, mode: str,
+                                                          extra: dict | None) -> None:
+    config = _config(tiny_config, retrain, mode, extra)
     reference = ImpRun(config, tmp_path / "reference", data=tiny_data)
     reference.run()
     list(reference.measure_controls(RULE))
