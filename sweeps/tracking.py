@@ -460,14 +460,14 @@ class TrialRun:
         self.run_id, self.logged = None, None
 
 
-def trial_tags(study, state: "TrialRun") -> dict[str, str]:
-    """Tags a trial run is created with: its run directory, and a transfer's source."""
+def trial_tags(study, trial_id: str, params: Mapping[str, Any]) -> dict[str, str]:
+    """Tags a trial run is created with: its run directory, and a transfer's source (from its
+    params, the flattened resolved config)."""
     from sweeps.trainable import run_directory  # imports Ray: only once a trial is written
 
-    tags = {RUN_DIR_TAG: str(run_directory(study, state.trial_id))}
-    source = _study_trial_config(study, state.swept).imp.ticket_from
-    if source is not None:
-        tags[TICKET_FROM_TAG] = source
+    tags = {RUN_DIR_TAG: str(run_directory(study, trial_id))}
+    if params.get("imp.ticket_from"):
+        tags[TICKET_FROM_TAG] = str(params["imp.ticket_from"])
     return tags
 
 
@@ -480,8 +480,10 @@ def write_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str
     were added. Idempotent: a run that holds everything is left as it is. Returns how many
     writes it took (0: the run was up to date)."""
     if state.run_id is None:
+        values = params()
         run = child_run(client, experiment_id, parent_run_id, study.name, state.trial_id,
-                        state.swept, params, study.swept_keys, trial_tags(study, state))
+                        state.swept, values, study.swept_keys,
+                        trial_tags(study, state.trial_id, values))
         state.run_id, state.tags = run.info.run_id, dict(run.data.tags)
         state.run_status, state.logged = run.info.status, None
         if reopen_run:

@@ -47,7 +47,7 @@ def make_study(tmp_path: Path, name: str = "lenet-rate",
            "notes": "x" * 7000}
     source = tmp_path / "study.yaml"
     source.write_text(f"name: {name}\n")
-    return SimpleNamespace(name=name, raw=raw, source_path=source,
+    return SimpleNamespace(name=name, raw=raw, source_path=source, storage_path=tmp_path,
                            swept_keys=["pruning.rate", "seed"], space={},
                            base_config=partial(resolve_config, None, {"imp.controls": ["reinit"]}),
                            breakdown=Breakdown(tolerance=1.0, metric=metric))
