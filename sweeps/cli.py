@@ -120,7 +120,7 @@ def _report_and_link(study, logger=None):
 
         from sweeps.mlflow_view import ensure_view
         from sweeps.report import build_report
-        from sweeps.tracking import sweep_networks
+        from sweeps.tracking import sweep_analysed, sweep_networks
 
         if report is None:
             report = build_report(study.tracking_uri, study.experiment,
@@ -129,7 +129,7 @@ def _report_and_link(study, logger=None):
         client = MlflowClient(study.tracking_uri)
         experiment_id = client.get_experiment_by_name(study.experiment).experiment_id
         key = ensure_view(client, experiment_id, sweep_networks(study), study.breakdown.metric,
-                          study.name)
+                          study.name, sweep_analysed(study))
         lines = link_lines(study.tracking_uri, experiment_id, key)
     return report, lines
 

@@ -26,6 +26,8 @@ In MLflow 3 (checked in a real browser against 3.17.2's UI bundle):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import base64
 import json
 import time
@@ -34,7 +36,7 @@ from urllib.parse import quote
 
 from mlflow import MlflowClient
 
-from lt_core.metrics import BREAKDOWN_KEYS, NETWORK_KEYS, metric_name
+from lt_core.metrics import BREAKDOWN_KEYS, INSTABILITY, NETWORK_KEYS, metric_name
 from sweeps.layout import ROLE_TAG, SWEEP_TAG, tag_filter
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -53,10 +55,13 @@ def view_key(sweep: str) -> str:
     return f"lt-sweep-{sweep}"
 
 
-def view_metrics(networks: list[str], metric: str) -> tuple[list[str], list[str]]:
-    """What a view charts against density (each network's accuracy under the breakdown metric),
-    and every other per-trial metric, which it leaves out."""
+def view_metrics(networks: list[str], metric: str,
+                 analysed: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """What a view charts against density (each network's accuracy under the breakdown metric,
+    and the error barrier of each ``analysed`` network), and every other per-trial metric, which
+    it leaves out."""
     charted = [metric_name(metric, network) for network in networks]
+    charted += [metric_name(INSTABILITY, network) for network in analysed]
     every = ["density", "sparsity", "dense_test_acc"]
     every += [metric_name(key, network) for network in networks
               for key in (*NETWORK_KEYS, *BREAKDOWN_KEYS)]
@@ -126,7 +131,7 @@ def view_tag_value(name: str, state: dict) -> str:
 
 
 def ensure_view(client: MlflowClient, experiment_id: str, networks: list[str], metric: str,
-                sweep: str | None = None) -> str:
+                sweep: str | None = None, analysed: Sequence[str] = ()) -> str:
     """Mark the experiment as model training and store the view of one sweep's trial runs (or,
     without ``sweep``, of every trial run in the experiment); returns its share key."""
     client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
@@ -134,7 +139,7 @@ def ensure_view(client: MlflowClient, experiment_id: str, networks: list[str], m
     key = view_key(sweep) if sweep else EXPERIMENT_VIEW
     name = f"{sweep or 'all trials'}: {metric} vs density"
     client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + key, view_tag_value(
-        name, view_state(tag_filter(tags), *view_metrics(networks, metric))))
+        name, view_state(tag_filter(tags), *view_metrics(networks, metric, analysed))))
     return key
 
 

@@ -632,6 +632,7 @@ def report_command(experiment: str, tracking_uri: str | None, tolerance: float |
         print(f"wrote {write_html(report, studies, out_dir / 'breakdown.html')}")
     client = MlflowClient(report.tracking_uri)
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    key = ensure_view(client, experiment_id, report.networks, report.metric)
+    key = ensure_view(client, experiment_id, report.networks, report.metric,
+                      analysed=report.analysed)
     print("\n".join(link_lines(report.tracking_uri, experiment_id, key)))
     return 0

@@ -24,7 +24,8 @@ from sweeps.runner import REFINE_DIR, sweep_trials
 from sweeps.study import Study, trial_config
 from sweeps.tracking import (UNREACHABLE, TrialRun, experiment_id_for, flatten,
                              log_sweep_summary, parent_run, short_reason, short_retries,
-                             sweep_networks, swept_values, worker_label, write_trial_run)
+                             sweep_analysed, sweep_networks, swept_values, worker_label,
+                             write_trial_run)
 from sweeps.trainable import REFINE_KEY, point_values, run_directory
 
 # A Tune trial's final status -> its MLflow run's (others: still to run, left as they are).
@@ -100,7 +101,7 @@ def _sync(study: Study, results_dir: Path, tracking_uri: str) -> SyncOutcome:
     key = view_key(study.name)
     if VIEW_TAG_PREFIX + key not in client.get_experiment(experiment_id).tags:
         ensure_view(client, experiment_id, sweep_networks(study), study.breakdown.metric,
-                    study.name)
+                    study.name, sweep_analysed(study))
     parent = parent_run(client, experiment_id, study)
     states, ended = trial_runs(study, results_dir)
     existing = {run.data.tags.get(TRIAL_TAG) for run in search_all_runs(

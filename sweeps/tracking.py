@@ -403,6 +403,12 @@ def sweep_networks(study) -> list[str]:
     return [TICKET, *dict.fromkeys(controls)]
 
 
+def sweep_analysed(study) -> list[str]:
+    """The networks whose instability the study measures (its base config's analyses)."""
+    imp = study.base_config().imp
+    return list(imp.analyses_on) if imp.analyses else []
+
+
 def trial_identity(trial) -> tuple[str, dict[str, Any]]:
     """The Ray trial id and swept values a Tune trial's results belong to: its own, or for a
     refinement trial (``lt-sweep refine``) those of the sweep's trial it refines."""
@@ -584,7 +590,7 @@ class MlflowLevelLogger(Callback):
         self._experiment_id = experiment_id_for(client, self.experiment_name, self.tracking_uri)
         self._parent_run_id = ensure_parent_run(client, self._experiment_id, self.study)
         key = ensure_view(client, self._experiment_id, sweep_networks(self.study),
-                          self.rule.metric, self.study.name)
+                          self.rule.metric, self.study.name, sweep_analysed(self.study))
         self.link_lines = link_lines(self.tracking_uri, self._experiment_id, key)
         self._client = client
         self._answered()

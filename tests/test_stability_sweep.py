@@ -49,6 +49,17 @@ def test_a_transfer_study_with_instability_lands_in_mlflow_and_the_report(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parents, trials = sweep_runs(uri, "transfer_stability")
     assert len(trials) == 2
+    import mlflow
+
+    from sweeps.mlflow_view import view_key
+
+    from tests.test_sweep import _saved_view
+
+    client = mlflow.MlflowClient(uri)
+    view = _saved_view(client, client.get_experiment_by_name("transfer_stability").experiment_id,
+                       view_key("transfer_stability"))
+    charted = {card["metricKey"] for card in view["compareRunCharts"] if not card["deleted"]}
+    assert charted == {"test_acc", "reinit_test_acc", "instability", "reinit_instability"}
     answer = next(v for k, v in parents[0].data.tags.items() if k.startswith("lt.breakdown/"))
     assert "ticket unstable " in answer and "reinit unstable " in answer
     import mlflow
