@@ -10,7 +10,8 @@ from pathlib import Path
 from lt_core.breakdown import BreakdownRule, divergence, locate
 from lt_core.errors import USER_ERRORS, ConfigError
 from lt_core.levels import LevelRecord, networks_in
-from lt_core.metrics import ACCURACY_METRICS, STATUS_DIVERGED, STATUS_KEY, TICKET
+from lt_core.metrics import (ACCURACY_METRICS, INSTABILITY, STATUS_DIVERGED, STATUS_KEY,
+                             TICKET)
 
 
 class ProgressBar:
@@ -32,8 +33,11 @@ class ProgressBar:
 def level_table(records: list[LevelRecord], controls: list[str],
                 metric: str = "test_acc") -> str:
     """Per level and refinement point (e.g. 7.250), each network's accuracy under ``metric``
-    (``diverged`` where its training loss became NaN/inf)."""
-    header = ["level", "density", TICKET] + controls
+    (``diverged`` where its training loss became NaN/inf), then the error barrier (pp) of each
+    network the instability analysis measured."""
+    analysed = [name for name in [TICKET, *controls]
+                if any(r.value(name, INSTABILITY) is not None for r in records)]
+    header = ["level", "density", TICKET] + controls + [f"{n} barrier" for n in analysed]
     lines = ["  ".join(f"{h:>12}" for h in header)]
     for record in records:
         position = f"{record.level}" + (f".{record.sublevel:03d}" if record.sublevel else "")
@@ -44,6 +48,9 @@ def level_table(records: list[LevelRecord], controls: list[str],
                 cells.append(f"{STATUS_DIVERGED:>12}")
             else:
                 cells.append(f"{100 * value:>11.2f}%" if value is not None else f"{'-':>12}")
+        for name in analysed:
+            barrier = record.value(name, INSTABILITY)
+            cells.append(f"{barrier:>9.2f} pp" if barrier is not None else f"{'-':>12}")
         lines.append("  ".join(cells))
     return "\n".join(lines)
 
@@ -84,7 +91,7 @@ def add_imp_command(subparsers) -> None:
 
 def run_imp_command(args: argparse.Namespace) -> int:
     from lt_core.config import load_config
-    from lt_core.imp import ImpRun
+    from lt_core.imp import ImpRun, grid_levels
     from lt_core.paths import check_writable_dir
     from lt_core.validate import check_device, check_experiment
 
@@ -96,7 +103,7 @@ def run_imp_command(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser().resolve()
     check_writable_dir(out, "--out")
     check_device(config.device, f"{args.config}: device")
-    run = ImpRun(config, out, progress=ProgressBar(config.imp.levels))
+    run = ImpRun(config, out, progress=ProgressBar(max(grid_levels(config))))
     started = time.perf_counter()
     for _ in run.train_levels():
         pass

@@ -285,3 +285,25 @@ def test_the_onset_of_instability_is_the_first_level_above_the_threshold() -> No
     assert not stable.unstable and stable.stable_density == stable.deepest == 0.0625
     assert instability_onset([level(0, 4.0)], "ticket", 2.0).stable_density is None
     assert instability_onset(records, "reinit", 2.0) is None
+
+
+def test_the_imp_command_prints_the_barriers(npz_path, tmp_path, capsys) -> None:
+    import yaml
+
+    from sweeps.cli import main
+
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"name": "lenet_300_100"},
+        "data": {"name": "npz", "path": str(npz_path), "train_split": "train[:600]",
+                 "test_split": "test[:100]"},
+        "train": {"length": "20it", "eval_every": "20it"},
+        "imp": {"levels": 1, "controls": ["reinit"], "analyses": ["instability"],
+                "analyses_on": ["ticket", "reinit"]},
+        "instability": {"points": 3}}))
+    assert main(["imp", str(config), "--out", str(tmp_path / "run")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["level", "density", "ticket", "reinit", "ticket", "barrier",
+                                "reinit", "barrier"]
+    assert table[1].split()[-2:] == ["pp", "-"]  # level 0: the ticket only
+    assert table[2].split().count("pp") == 2  # level 1: the ticket and reinit
