@@ -38,18 +38,10 @@ def _figure(path: Path, alt: str) -> str:
 
 
 def _table(report: Report) -> str:
-    header = ["configuration", "n", "dense acc %"]
-    header += [f"{name} breakdown %" for name in report.networks]
-    header += [f"{name} unstable %" for name in report.analysed]
-    header += ["source ticket breakdown %"] if report.transfer else []
-    rows = ["<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+    rows = ["<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in report.header()) + "</tr>"]
     for config in report.configurations:
-        mean, std = config.dense_acc
-        cells = [config.label, str(config.n), f"{100 * mean:.2f} ± {100 * std:.2f}"]
-        cells += [config.cell(name) for name in report.networks]
-        cells += [config.onset_cell(name) for name in report.analysed]
-        cells += [config.source_cell()] if report.transfer else []
-        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in report.cells(config))
+                    + "</tr>")
     return "<table>\n" + "\n".join(rows) + "\n</table>"
 
 

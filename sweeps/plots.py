@@ -90,13 +90,15 @@ def _density_axis(ax: Axes, densities: Sequence[float], metric: str = "test_acc"
     ax.grid(True, which="major", alpha=0.3)
 
 
-def _draw(ax: Axes, series: Series, label: str, **style) -> Line2D:
-    """One line with markers and, when a std is given, a shaded band of ± one std."""
+def _draw(ax: Axes, series: Series, label: str, y_percent: bool = True, **style) -> Line2D:
+    """One line with markers and, when a std is given, a shaded band of ± one std; y values
+    are fractions shown in percent (``y_percent``) or drawn as they are (percentage points)."""
     densities, means, stds = series
-    x, y = _percent(densities), _percent(means)
+    scale = _percent if y_percent else list
+    x, y = _percent(densities), scale(means)
     (line,) = ax.plot(x, y, marker="o", markersize=3, label=label, **style)
     if stds is not None:
-        spread = _percent(stds)
+        spread = scale(stds)
         ax.fill_between(x, [m - s for m, s in zip(y, spread)], [m + s for m, s in zip(y, spread)],
                         color=line.get_color(), alpha=0.2, linewidth=0)
     return line
@@ -291,15 +293,8 @@ def instability_panels(accuracy: dict[str, dict[str, Series]],
             style = {"color": colour, "linestyle": "-" if name == "ticket" else "--"}
             if name in accuracy.get(label, {}):
                 _draw(top, accuracy[label][name], name, **style)
-            if name in barriers[label]:
-                densities, means, stds = barriers[label][name]
-                # barriers are in percentage points already: drawn as they are
-                (line,) = bottom.plot(_percent(densities), means, marker="o", markersize=3,
-                                      label=name, **style)
-                if stds is not None:
-                    bottom.fill_between(_percent(densities), [m - s for m, s in zip(means, stds)],
-                                        [m + s for m, s in zip(means, stds)], color=colour,
-                                        alpha=0.2, linewidth=0)
+            if name in barriers[label]:  # in percentage points already
+                _draw(bottom, barriers[label][name], name, y_percent=False, **style)
             if name in onsets.get(label, {}):
                 for ax in (top, bottom):
                     ax.axvline(100 * onsets[label][name], color=colour, linestyle=":",

@@ -164,20 +164,23 @@ class Configuration:
             sum(1 for r in t.records if not r.refined and r.level >= 1 and network in r.networks)
             for t in self.trials)
 
+    def by_level(self, network: str, key: str) -> dict[int, list[LevelRecord]]:
+        """Grid level -> the seeds' records there in which the network measured ``key``."""
+        found: dict[int, list[LevelRecord]] = {}
+        for trial in self.trials:
+            for record in trial.records:
+                if not record.refined and record.value(network, key) is not None:
+                    found.setdefault(record.level, []).append(record)
+        return dict(sorted(found.items()))
+
     def curve(self, network: str = TICKET, key: str | None = None) -> Series:
         """Per pruned grid level (and the dense level, for the ticket): mean density, mean and
         std of the network's accuracy (or ``key``) over the seeds that measured it there."""
-        by_level: dict[int, list[tuple[float, float]]] = {}
-        for trial in self.trials:
-            for record in trial.records:
-                value = record.value(network, key or self.rule.metric)
-                if not record.refined and value is not None:
-                    by_level.setdefault(record.level, []).append((record.density, value))
+        key = key or self.rule.metric
         densities, means, stds = [], [], []
-        for level in sorted(by_level):
-            rows = by_level[level]
-            densities.append(statistics.fmean(density for density, _ in rows))
-            mean, std = mean_std([value for _, value in rows])
+        for records in self.by_level(network, key).values():
+            densities.append(statistics.fmean(r.density for r in records))
+            mean, std = mean_std([r.value(network, key) for r in records])
             means.append(mean)
             stds.append(std)
         return densities, means, stds
@@ -345,20 +348,25 @@ class Report:
             records.append(record)
         return records
 
+    def header(self) -> list[str]:
+        """The table's columns (text and HTML)."""
+        header = ["configuration", "n", "dense acc %"]
+        header += [f"{name} breakdown %" for name in self.networks]
+        header += [f"{name} unstable %" for name in self.analysed]
+        return header + (["source ticket breakdown %"] if self.transfer else [])
+
+    def cells(self, config: Configuration) -> list[str]:
+        """One configuration's row of the table, as text."""
+        cells = [config.label, str(config.n), "{:.2f} ± {:.2f}".format(
+            *(100 * v for v in config.dense_acc))]
+        cells += [config.cell(network) for network in self.networks]
+        cells += [config.onset_cell(network) for network in self.analysed]
+        return cells + ([config.source_cell()] if self.transfer else [])
+
     def table(self) -> str:
         """Aligned text table, accuracies and sparsities in percent."""
-        header = ["configuration", "n", "dense acc %", "ticket breakdown %"]
-        header += [f"{name} breakdown %" for name in self.controls]
-        header += [f"{name} unstable %" for name in self.analysed]
-        header += ["source ticket breakdown %"] if self.transfer else []
-        lines = [header]
-        for config in self.configurations:
-            cells = [config.label, str(config.n), "{:.2f} ± {:.2f}".format(
-                *(100 * v for v in config.dense_acc))]
-            cells += [config.cell(network) for network in self.networks]
-            cells += [config.onset_cell(network) for network in self.analysed]
-            cells += [config.source_cell()] if self.transfer else []
-            lines.append(cells)
+        header = self.header()
+        lines = [header, *(self.cells(config) for config in self.configurations)]
         widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
         text = [f"breakdown sparsity (%) of {self.experiment}: where {self.metric} falls "
                 f"{self.tolerance_pp:g} pp below the dense network's"]
@@ -454,8 +462,8 @@ class Report:
             return None
         accuracy, barriers, onsets = {}, {}, {}
         for config in self.configurations:
-            accuracy[config.label] = {n: config.curve(n) for n in self.analysed
-                                      if config.curve(n)[0]}
+            accuracy[config.label] = {n: curve for n in self.analysed
+                                      if (curve := config.curve(n))[0]}
             barriers[config.label] = {n: curve for n in self.analysed
                                       if (curve := config.curve(n, INSTABILITY))[0]}
             onsets[config.label] = {n: density for n in self.analysed
@@ -478,12 +486,7 @@ class Report:
                              f"{self.metric}_std"])
             for config in self.configurations:
                 for network in self.analysed:
-                    by_level: dict[int, list[LevelRecord]] = {}
-                    for trial in config.trials:
-                        for r in trial.records:
-                            if not r.refined and r.value(network, INSTABILITY) is not None:
-                                by_level.setdefault(r.level, []).append(r)
-                    for level, found in sorted(by_level.items()):
+                    for level, found in config.by_level(network, INSTABILITY).items():
                         barrier = mean_std([r.value(network, INSTABILITY) for r in found])
                         accuracy = mean_std([r.value(network, self.metric) for r in found])
                         writer.writerow([config.label, network, level,

@@ -15,7 +15,8 @@ from lt_core.breakdown import grid_breakdown, refinement_plan
 from lt_core.config import ConfigError
 from lt_core.imp import run_records
 from sweeps.signals import stop_on_signals, tune_run_over
-from sweeps.study import MAX_REFINE_STEPS, Study, check_networks, load_study
+from sweeps.study import (MAX_REFINE_STEPS, Study, check_networks, load_study,
+                          refuse_refining_transfer)
 from sweeps.trainable import REFINE_KEY, imp_trial, refine_trial, run_directory
 
 STUDY_FILE = "lt_study.yaml"  # the resolved study, kept with the results for `lt-sweep resume`
@@ -261,9 +262,7 @@ def parse_refine_args(study: Study, steps: str, networks: str) -> tuple[int, lis
     if not 1 <= count <= MAX_REFINE_STEPS or str(count) != steps.strip():
         raise ConfigError(f"--steps: {steps!r} is not a whole number from 1 to "
                           f"{MAX_REFINE_STEPS} (refinement points per bracket)")
-    if study.transfers:
-        raise ConfigError(f"{study.source_path}: imp.ticket_from: a transfer study trains "
-                          f"only its source's levels; there is nothing between them to refine")
+    refuse_refining_transfer(study, f"{study.source_path}: lt-sweep refine")
     names = [name.strip() for name in networks.split(",") if name.strip()]
     check_networks(names, study.base_config().imp.controls, "--networks")
     if not names:

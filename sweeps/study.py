@@ -312,10 +312,8 @@ def _check_experiments(study: Study) -> None:
         raise ConfigError(str(err).replace(f"{source}: ", f"{source}: base.", 1)) from None
     check_networks(study.breakdown.refine_networks, base.imp.controls,
                    f"{source}: breakdown.refine_networks")
-    if study.transfers and study.breakdown.refine:
-        raise ConfigError(f"{source}: breakdown.refine: a transfer study (imp.ticket_from) "
-                          f"trains only its source's levels; there is nothing between them to "
-                          f"refine")
+    if study.breakdown.refine:
+        refuse_refining_transfer(study, f"{source}: breakdown.refine")
     if base.device.startswith("cuda") and study.resources.gpu == 0:
         raise ConfigError(f"{source}: base.device: {base.device!r} but resources.gpu is 0: the "
                           f"trials would get no GPU (set resources.gpu, or device auto/cpu)")
@@ -333,6 +331,13 @@ def _check_experiments(study: Study) -> None:
     if math.prod(len(c) for c in choices) <= MAX_CHECKED_COMBINATIONS:
         for combo in itertools.product(*choices):
             _check_one(study, dict(zip(keys, combo)), "space")
+
+
+def refuse_refining_transfer(study: Study, field: str) -> None:
+    """A transfer study trains only its source's levels: refining it is an error."""
+    if study.transfers:
+        raise ConfigError(f"{field}: a transfer study (imp.ticket_from) trains only its "
+                          f"source's levels; there is nothing between them to refine")
 
 
 def check_networks(names: list[str], controls: list[str], source: str) -> None:

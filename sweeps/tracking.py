@@ -52,6 +52,7 @@ from sweeps.mlflow_view import ensure_view, link_lines
 from sweeps.plots import accuracy_vs_density
 from sweeps.report import (Report, breakdown_cell, breakdown_mark, build_report, metric_entries,
                            search_all_runs)
+from sweeps.trainable import run_directory
 
 logger = logging.getLogger(__name__)
 
@@ -469,8 +470,6 @@ class TrialRun:
 def trial_tags(study, trial_id: str, params: Mapping[str, Any]) -> dict[str, str]:
     """Tags a trial run is created with: its run directory, and a transfer's source (from its
     params, the flattened resolved config)."""
-    from sweeps.trainable import run_directory  # imports Ray: only once a trial is written
-
     tags = {RUN_DIR_TAG: str(run_directory(study, trial_id))}
     if params.get("imp.ticket_from"):
         tags[TICKET_FROM_TAG] = str(params["imp.ticket_from"])
@@ -507,8 +506,6 @@ def write_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str
     ended = state.status is not None and (state.run_status != state.status or bool(new))
     if ended:
         if state.status == "FINISHED" and state.summarise:
-            from sweeps.trainable import run_directory
-
             finish_trial(client, state.run_id, state.logged, rule,
                          trial_title(study.name, state.trial_id, state.swept),
                          run_directory(study, state.trial_id))

@@ -331,17 +331,23 @@ class StoreOutage:
                 monkeypatch.setattr(SqlAlchemyStore, name, failing(method))
 
 
-def test_what_mlflow_missed_is_logged_once_it_answers(store, tmp_path, request, monkeypatch):
-    """Down from level 1 to past the trial's end: no hook raises or waits, the trial's levels,
-    summary and status are kept and logged at the first callback once MLflow answers again
-    (after RETRY_SECONDS), each level once, before the sweep ends."""
-    monkeypatch.setattr(tracking, "RETRY_SECONDS", 0.2)
+def one_trial_started(store, tmp_path, request, monkeypatch):
+    """(an outage switch, still off; a logger set up; its one trial, started)."""
     outage = StoreOutage(monkeypatch)
     logger = MlflowLevelLogger(make_study(tmp_path), store, request.node.name,
                                resolve_config=resolve_config)
     logger.setup()
     trial = make_trial("trial_00000", 0.2, 0)
     logger.on_trial_start(0, [trial], trial)
+    return outage, logger, trial
+
+
+def test_what_mlflow_missed_is_logged_once_it_answers(store, tmp_path, request, monkeypatch):
+    """Down from level 1 to past the trial's end: no hook raises or waits, the trial's levels,
+    summary and status are kept and logged at the first callback once MLflow answers again
+    (after RETRY_SECONDS), each level once, before the sweep ends."""
+    monkeypatch.setattr(tracking, "RETRY_SECONDS", 0.2)
+    outage, logger, trial = one_trial_started(store, tmp_path, request, monkeypatch)
     logger.on_trial_result(0, [trial], trial, RESULTS[0])
     outage.down = True
     for result in RESULTS[1:]:
@@ -373,12 +379,7 @@ def test_mlflow_down_at_the_sweeps_end_is_reported_not_raised(store, tmp_path, r
     """Still down at the end: the summary waits END_WAIT_SECONDS for MLflow, then gives up
     without raising; the logger says what MLflow lacks."""
     monkeypatch.setattr(tracking, "END_WAIT_SECONDS", 0.5)
-    outage = StoreOutage(monkeypatch)
-    logger = MlflowLevelLogger(make_study(tmp_path), store, request.node.name,
-                               resolve_config=resolve_config)
-    logger.setup()
-    trial = make_trial("trial_00000", 0.2, 0)
-    logger.on_trial_start(0, [trial], trial)
+    outage, logger, trial = one_trial_started(store, tmp_path, request, monkeypatch)
     outage.down = True
     for result in RESULTS:
         logger.on_trial_result(0, [trial], trial, result)
