@@ -102,6 +102,9 @@ class TrainConfig(_Strict):
     gamma: float = Field(0.1, gt=0.0)
     warmup: StepText = "0it"
     eval_every: StepText = "1ep"
+    # auto: a point's networks (ticket, controls, analysis copies) train as one fused network
+    # where that pays (lt_core.group_training.fuse_chosen); off: one after another.
+    fuse: Literal["auto", "off"] = "auto"
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":

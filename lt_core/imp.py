@@ -43,6 +43,7 @@ from lt_core.analyses import ANALYSES, AnalysisInputs
 from lt_core.controls import CONTROLS, ControlInputs, ControlStart
 from lt_core.data import TensorData, load_dataset
 from lt_core.errors import RunDirMismatch
+from lt_core.group_training import TrainTask, fuse_chosen, train_tasks
 from lt_core.levels import SUBLEVELS, LevelRecord
 from lt_core.lr_schedule import lr_schedule
 from lt_core.masks import Masks, apply_masks, dense_masks, density, pruning_plan
@@ -54,7 +55,7 @@ from lt_core.retrain import RETRAIN_MODES
 from lt_core.rundir import (analysis_curves, analysis_dir, analysis_result_file, atomic_save,
                             atomic_write_json, atomic_write_text, config_file, copy_files,
                             final_file, init_file, level_dir, load_tensors, mask_file,
-                            metrics_file, network_files, point_dirs, read_json, rewind_file,
+                            metrics_file, NetworkFiles, network_files, point_dirs, read_json, rewind_file,
                             rewind_optimizer_file, transfer_file)
 from lt_core.steps import Step
 from lt_core.training import TrainOutcome, steps_per_epoch, total_iterations, train
@@ -100,6 +101,7 @@ class ImpRun:
             torch.set_num_threads(config.threads)
         self._data = data
         self._levels: list[int] | None = None
+        self._fuses: bool | None = None
         self._claim_directory()
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -197,6 +199,7 @@ class ImpRun:
                 self.level_metrics(before)).diverged(TICKET):
             raise RuntimeError(f"level {level}: the ticket diverged at level {before}, "
                                f"which ends the pruning")
+        self.train_point_fused(level)
         masks = self._masks_for(level)
         ticket = self._trained(level, 0, TICKET, self._ticket_start(level), masks)
         metrics = {"level": level, "density": density(masks), "sparsity": 1 - density(masks),
@@ -250,6 +253,8 @@ class ImpRun:
         if not metrics_file(level_dir(self.out, level)).exists():
             raise RuntimeError(f"refining past level {level} needs level {level} finished first")
         folder = level_dir(self.out, level, sublevel)
+        networks = list(networks)
+        self.train_point_fused(level, sublevel, networks)
         masks = self._masks_for(level, sublevel)
         metrics = (read_json(metrics_file(folder)) if metrics_file(folder).exists() else
                    {"level": level, "sublevel": sublevel, "density": density(masks),
@@ -476,10 +481,7 @@ class ImpRun:
         optimizer_state = self._load(saved) if dense and saved.exists() else None
         outcome = self._train(level, sublevel, f"{name}/copy", model, masks, files.checkpoint,
                               seed=seed, from_rewind=True, optimizer_state=optimizer_state)
-        atomic_save(model.state_dict(), files.final)
-        atomic_write_json(outcome.history, files.history)
-        atomic_write_json(outcome.metrics(), files.result)
-        files.checkpoint.unlink(missing_ok=True)
+        self._store(files, model, outcome)
         return model, outcome
 
     def _train_network(self, level: int, sublevel: int, name: str, state: dict,
@@ -491,16 +493,20 @@ class ImpRun:
         model = self._model_from(state)
         apply_masks(model, masks)
         outcome = self._train(level, sublevel, name, model, masks, files.checkpoint)
-        atomic_save(model.state_dict(), files.final)
-        atomic_write_json(outcome.history, files.history)
-        atomic_write_json(outcome.metrics(), files.result)
-        files.checkpoint.unlink(missing_ok=True)
+        self._store(files, model, outcome)
         return outcome.metrics()
 
     def _train(self, level: int, sublevel: int, name: str, model: torch.nn.Module, masks: Masks,
                checkpoint: Path, seed: int | None = None, from_rewind: bool = False,
                optimizer_state: dict | None = None) -> TrainOutcome:
-        """Train a network of a point to the end: pruned points (and, with ``from_rewind``, any
+        """Train a network of a point to the end (``_task``)."""
+        return self._task(level, sublevel, name, model, masks, checkpoint, seed, from_rewind,
+                          optimizer_state).train_alone(self.data, self.config.train)
+
+    def _task(self, level: int, sublevel: int, name: str, model: torch.nn.Module, masks: Masks,
+              checkpoint: Path, seed: int | None = None, from_rewind: bool = False,
+              optimizer_state: dict | None = None) -> TrainTask:
+        """The training of a network of a point: pruned points (and, with ``from_rewind``, any
         point) from the rewind iteration, the dense level from 0; data order by ``seed`` (the
         experiment's by default)."""
         train_config = self.config.train
@@ -522,9 +528,86 @@ class ImpRun:
             on_eval = lambda record: self.progress(level, label, record["iteration"], end,  # noqa
                                                    record)
         seed = self.config.seed if seed is None else seed
-        return train(model, masks, self.data, train_config, seed=seed, start=start,
-                     end=end, lr_at=lr_at, checkpoint=checkpoint, snapshot_at=rewind_iter,
-                     on_snapshot=snapshot, on_eval=on_eval, optimizer_state=optimizer_state)
+        return TrainTask(model, masks, seed, start, end, lr_at, checkpoint, rewind_iter,
+                         snapshot, on_eval, optimizer_state)
+
+    # ---- fused training -----------------------------------------------------------------------
+    def fuses(self) -> bool:
+        """Whether this run trains a point's networks fused (``train.fuse``, lt_core.fused)."""
+        if self._fuses is None:
+            model = build_model(self.config.model.name, self.data.input_shape,
+                                self.data.num_classes)
+            self._fuses = fuse_chosen(self.config.train.fuse, model, self.device)
+        return self._fuses
+
+    def point_tasks(self, level: int, sublevel: int = 0,
+                    networks: Iterable[str] | None = None) -> list[TrainTask]:
+        """The trainings a point still needs, ready to train together: each unfinished network
+        (by default the ticket and, with ``control_levels: all``, the controls) and, at a pruned
+        point, the copies its analyses train. A task stores its network's files when done."""
+        if networks is None:
+            networks = [TICKET]
+            if (level or sublevel) and self.config.imp.control_levels == "all":
+                networks += list(self.config.imp.controls)
+        folder = level_dir(self.out, level, sublevel)
+        masks = self._masks_for(level, sublevel)
+        tasks = []
+        for name in networks:
+            files = network_files(folder, name)
+            start = self._ticket_start(level, sublevel) if name == TICKET else None
+            if not (files.result.exists() and files.final.exists()):
+                net_masks = masks
+                if name != TICKET:
+                    control = self._control_start(level, sublevel, name, masks)
+                    start, net_masks = control.state, control.masks
+                model = self._model_from(start)
+                apply_masks(model, net_masks)
+                task = self._task(level, sublevel, name, model, net_masks, files.checkpoint)
+                tasks.append(self._storing(task, files))
+            if (level or sublevel) and name in self.config.imp.analyses_on:
+                tasks += self._copy_tasks(level, sublevel, name)
+        return tasks
+
+    def _copy_tasks(self, level: int, sublevel: int, name: str) -> list[TrainTask]:
+        """The unfinished copies the analyses of one network of a pruned point train."""
+        tasks = []
+        for analysis in self.config.imp.analyses:
+            folder = analysis_dir(level_dir(self.out, level, sublevel), analysis, name)
+            files = copy_files(folder)
+            trains_copy = getattr(ANALYSES[analysis], "trains_copy", False)
+            if not trains_copy or analysis_result_file(folder).exists() or (
+                    files.result.exists() and files.final.exists()):
+                continue
+            masks = (self._masks_for(level, sublevel) if name == TICKET else
+                     self._control_start(level, sublevel, name,
+                                         self._masks_for(level, sublevel)).masks)
+            model = self._model_from(self._network_start(level, sublevel, name))
+            apply_masks(model, masks)
+            seed = derived_seed(self.config.seed, level, sublevel, name, analysis)
+            task = self._task(level, sublevel, f"{name}/copy", model, masks, files.checkpoint,
+                              seed=seed, from_rewind=True)
+            tasks.append(self._storing(task, files))
+        return tasks
+
+    def _storing(self, task: TrainTask, files: NetworkFiles) -> TrainTask:
+        """``task``, storing its network's files when it finishes."""
+        task.on_done = lambda outcome: self._store(files, task.model, outcome)  # noqa: E731
+        return task
+
+    def _store(self, files: NetworkFiles, model: torch.nn.Module, outcome: TrainOutcome) -> None:
+        """A trained network's files; its checkpoint goes last."""
+        atomic_save(model.state_dict(), files.final)
+        atomic_write_json(outcome.history, files.history)
+        atomic_write_json(outcome.metrics(), files.result)
+        files.checkpoint.unlink(missing_ok=True)
+
+    def train_point_fused(self, level: int, sublevel: int = 0,
+                          networks: Iterable[str] | None = None) -> None:
+        """Train a point's unfinished networks as one fused group (when ``train.fuse`` chooses
+        it); ``run_level``/``run_sublevel`` then find them trained."""
+        if self.fuses():
+            train_tasks(self.point_tasks(level, sublevel, networks), self.data,
+                        self.config.train)
 
     def _save_rewind_point(self, model: torch.nn.Module, optimizer: FusedOptimizer) -> None:
         """The weights at the rewind point (``rewind.pt``, written last); with analyses, the

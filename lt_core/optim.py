@@ -16,6 +16,8 @@ one that does not is a model bug and raises.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -73,15 +75,16 @@ class FusedSGD(FusedOptimizer):
         super().__init__(model)
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
 
-    def step(self, lr: float) -> None:
+    def step(self, lr: float | Sequence[float]) -> None:
         grads = self._grads()
         first = self.momentum != 0 and not self.buffers
         if first:  # the kernel fills the buffers with the first gradients
             self.buffers = {"momentum_buffer": [torch.empty_like(p) for p in self.params]}
-        torch._fused_sgd_(self.params, grads, self.buffers.get("momentum_buffer", []),
-                          weight_decay=self.weight_decay, momentum=self.momentum, lr=lr,
-                          dampening=0.0, nesterov=self.nesterov, maximize=False,
-                          is_first_step=first)
+        buffers = self.buffers.get("momentum_buffer", [])
+        for params, grads_, momenta, rate in _per_rate(lr, self.params, grads, buffers):
+            torch._fused_sgd_(params, grads_, momenta, weight_decay=self.weight_decay,
+                              momentum=self.momentum, lr=rate, dampening=0.0,
+                              nesterov=self.nesterov, maximize=False, is_first_step=first)
 
 
 class FusedAdam(FusedOptimizer):
@@ -102,7 +105,7 @@ class FusedAdam(FusedOptimizer):
                 raise ValueError("optimizer state has parameters at different step counts")
             self.buffers["step"] = [steps[0].to(torch.float32)] * len(steps)
 
-    def step(self, lr: float) -> None:
+    def step(self, lr: float | Sequence[float]) -> None:
         grads = self._grads()
         if not self.buffers:
             # torch.optim keeps one float32 step counter per parameter, all equal; the kernel
@@ -113,10 +116,29 @@ class FusedAdam(FusedOptimizer):
                             "exp_avg_sq": [torch.zeros_like(p) for p in self.params]}
         steps = self.buffers["step"]
         steps[0].add_(1)
-        torch._fused_adam_(self.params, grads, self.buffers["exp_avg"],
-                           self.buffers["exp_avg_sq"], [], steps, lr=lr, beta1=self.beta1,
-                           beta2=self.beta2, weight_decay=self.weight_decay, eps=self.eps,
-                           amsgrad=False, maximize=False)
+        for params, grads_, (averages, squares), rate in _per_rate(
+                lr, self.params, grads, self.buffers["exp_avg"], self.buffers["exp_avg_sq"]):
+            torch._fused_adam_(params, grads_, averages, squares, [], steps, lr=rate,
+                               beta1=self.beta1, beta2=self.beta2,
+                               weight_decay=self.weight_decay, eps=self.eps, amsgrad=False,
+                               maximize=False)
+
+
+def _per_rate(lr: float | Sequence[float], params: list[torch.Tensor],
+              grads: list[torch.Tensor], *buffers: list[torch.Tensor]):
+    """The kernel calls of one step: one with every tensor at a single learning rate; with one
+    rate per network (parameters of fused networks, lt_core.fused: leading network dimension),
+    one call per distinct network, on its slices. Yields (params, grads, buffers, lr), where
+    buffers is the one list given, or a tuple of them."""
+    pack = (lambda lists: lists[0]) if len(buffers) == 1 else tuple
+    if not isinstance(lr, (int, float)) and len(set(lr)) == 1:
+        lr = lr[0]
+    if isinstance(lr, (int, float)):
+        yield params, grads, pack(list(buffers)), lr
+        return
+    for index, rate in enumerate(lr):
+        yield ([p.data[index] for p in params], [g[index] for g in grads],
+               pack([[b[index] for b in values] for values in buffers]), rate)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> FusedOptimizer:

@@ -77,15 +77,20 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _evaluation(model: nn.Module, data: TensorData, iteration: int, train_loss: float) -> dict:
-    """One history record; losses that are not finite are None."""
-    record = {"iteration": iteration, "train_loss": _finite_or_none(train_loss)}
-    record["test_acc"], test_loss = evaluate(model, data.test)
-    record["test_loss"] = _finite_or_none(test_loss)
-    if data.val is not None:
-        record["val_acc"], val_loss = evaluate(model, data.val)
-        record["val_loss"] = _finite_or_none(val_loss)
+def evaluation_record(iteration: int, train_loss: float, test: tuple[float, float],
+                      val: tuple[float, float] | None) -> dict:
+    """One history record from (accuracy, loss) on the test and validation splits; losses that
+    are not finite are None."""
+    record = {"iteration": iteration, "train_loss": _finite_or_none(train_loss),
+              "test_acc": test[0], "test_loss": _finite_or_none(test[1])}
+    if val is not None:
+        record["val_acc"], record["val_loss"] = val[0], _finite_or_none(val[1])
     return record
+
+
+def _evaluation(model: nn.Module, data: TensorData, iteration: int, train_loss: float) -> dict:
+    val = None if data.val is None else evaluate(model, data.val)
+    return evaluation_record(iteration, train_loss, evaluate(model, data.test), val)
 
 
 def train(
@@ -147,7 +152,7 @@ def train(
             history.append({**record, STATUS_KEY: STATUS_DIVERGED})
             if on_eval:
                 on_eval(history[-1])
-            return _outcome(history, seconds, (iteration - start) * config.batch_size)
+            return outcome(history, seconds, (iteration - start) * config.batch_size)
         optimizer.zero_grad()
         loss.backward()
         if masked_params:
@@ -163,17 +168,23 @@ def train(
             record = _evaluation(model, data, iteration, loss_sum / loss_count)
             history.append(record)
             if checkpoint is not None and iteration < end:
-                atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "iteration": iteration, "history": history, "seconds": seconds},
-                            checkpoint)
+                atomic_save(checkpoint_state(model.state_dict(), optimizer.state_dict(),
+                                             iteration, history, seconds), checkpoint)
             if on_eval:
                 on_eval(record)
             loss_sum, loss_count = 0.0, 0
             clock = time.perf_counter()
-    return _outcome(history, seconds, (end - start) * config.batch_size)
+    return outcome(history, seconds, (end - start) * config.batch_size)
 
 
-def _outcome(history: list[dict], seconds: float, samples: int) -> TrainOutcome:
+def checkpoint_state(model_state: dict, optimizer_state: dict, iteration: int,
+                     history: list[dict], seconds: float) -> dict:
+    """What an evaluation checkpoint holds (also written for networks trained fused)."""
+    return {"model": model_state, "optimizer": optimizer_state, "iteration": iteration,
+            "history": history, "seconds": seconds}
+
+
+def outcome(history: list[dict], seconds: float, samples: int) -> TrainOutcome:
     if not history:
         raise ValueError("training ran no evaluation: the run has zero iterations")
     final = history[-1]

@@ -47,7 +47,8 @@ def test_a_crash_at_any_write_is_redone_to_the_same_result(tiny_config, tiny_dat
                                                            monkeypatch, changes) -> None:
     config = tiny_config(deep_merge({"pruning": {"rate": 0.8},
                                      "imp": {"levels": 2, "controls": ["reinit"]},
-                                     "train": {"length": "10it", "eval_every": "5it"}}, changes))
+                                     "train": {"length": "10it", "eval_every": "5it",
+                                               "fuse": "off"}}, changes))
     reference = comparable(finish(ImpRun(config, tmp_path / "reference", data=tiny_data)))
 
     real = rundir._replace_from_temp

@@ -103,7 +103,7 @@ def _bisection_config(tiny_config, control_levels: str):
     return tiny_config({"pruning": {"rate": 0.75},
                         "imp": {"levels": 5, "controls": ["reinit", "random_prune"],
                                 "control_levels": control_levels},
-                        "train": {"length": "60it"}})
+                        "train": {"length": "60it", "fuse": "off"}})
 
 
 def test_controls_by_bisection_match_every_level_and_resume(tiny_config, tiny_data,

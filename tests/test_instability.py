@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-import lt_core.imp as imp_module
+import lt_core.group_training as group_training
 import lt_core.rundir as rundir
 from lt_core.analyses.instability import (barrier, error_curve, interpolate,
                                           recompute_batchnorm)
@@ -83,7 +83,7 @@ def test_the_barrier_of_a_known_bump() -> None:
 def test_two_copies_with_the_same_data_order_have_no_barrier(tiny_config, tiny_data,
                                                              tmp_path) -> None:
     config = tiny_config({"imp": {"levels": 1, "analyses": ["instability"]},
-                          "instability": {"points": 5}})
+                          "instability": {"points": 5}, "train": {"fuse": "off"}})
     run = ImpRun(config, tmp_path / "run", data=tiny_data)
     run.run_level(0)
     level = run.run_level(1)
@@ -116,7 +116,8 @@ def test_every_networks_copy_starts_where_the_network_started(tiny_config, tiny_
     start weights, masks and optimizer state (the dense level's from the rewind point on)."""
     config = tiny_config({
         "train": {"optimizer": optimizer, "lr": 1e-3 if optimizer == "adam" else 0.05,
-                  "momentum": 0.0 if optimizer == "adam" else 0.9, "weight_decay": 1e-4},
+                  "momentum": 0.0 if optimizer == "adam" else 0.9, "weight_decay": 1e-4,
+                  "fuse": "off"},  # compared bit for bit with copies trained alone
         "imp": {"levels": 1, "rewind": "7it", "controls": ["reinit", "random_prune", "shuffle"],
                 "analyses": ["instability"],
                 "analyses_on": ["ticket", "reinit", "random_prune", "shuffle"]},
@@ -193,18 +194,18 @@ def test_a_run_killed_inside_the_analysis_continues_without_retraining(
     config = tiny_config({"imp": {"levels": 1, "controls": ["reinit"],
                                   "analyses": ["instability"],
                                   "analyses_on": ["ticket", "reinit"]},
-                          "instability": {"points": 4}})
+                          "instability": {"points": 4}, "train": {"fuse": "off"}})
     reference = ImpRun(config, tmp_path / "reference", data=tiny_data)
     expected = [reference.run_level(level) for level in reference.levels]
 
     trainings: list[tuple[int, bool]] = []
-    real_train = imp_module.train
+    real_train = group_training.train
 
     def recorded(model, masks, data, train_config, *, checkpoint=None, **kwargs):
         trainings.append((kwargs["start"], checkpoint is not None and checkpoint.exists()))
         return real_train(model, masks, data, train_config, checkpoint=checkpoint, **kwargs)
 
-    monkeypatch.setattr(imp_module, "train", recorded)
+    monkeypatch.setattr(group_training, "train", recorded)
     real_replace = rundir._replace_from_temp
 
     def kill_at(name: str, folder_part: str):
@@ -252,7 +253,7 @@ def test_a_finished_copy_is_never_trained_again(tiny_config, tiny_data, tmp_path
         ImpRun(config, tmp_path / "run", data=tiny_data).run_level(0)
     monkeypatch.setattr(rundir, "_replace_from_temp", real_replace)
     calls = []
-    monkeypatch.setattr(imp_module, "train", lambda *a, **k: calls.append(k))
+    monkeypatch.setattr(group_training, "train", lambda *a, **k: calls.append(k))
     metrics = ImpRun(config, tmp_path / "run", data=tiny_data).run_level(0)
     assert calls == []
     assert metrics[INSTABILITY] >= 0

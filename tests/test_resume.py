@@ -18,7 +18,7 @@ CONFIG = {
     "model": {"name": "lenet_300_100"},
     "data": {"name": "npz", "train_split": "train[:3000]",
              "test_split": "test[:500]"},
-    "train": {"length": "6ep", "eval_every": "1ep"},
+    "train": {"length": "6ep", "eval_every": "1ep", "fuse": "off"},  # one network at a time
     "imp": {"levels": 2, "controls": ["reinit"]},
     "threads": 1,
 }

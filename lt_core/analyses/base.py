@@ -35,4 +35,8 @@ class AnalysisInputs:
 
 
 class Analysis(Protocol):
+    # Whether it calls ``train_copy(inputs.seed)``: the engine may then train the copy
+    # beforehand, fused with the point's networks (lt_core.group_training).
+    trains_copy: bool
+
     def __call__(self, inputs: AnalysisInputs) -> dict: ...

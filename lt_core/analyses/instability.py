@@ -88,6 +88,8 @@ def error_curve(a: nn.Module, b: nn.Module, test, train, points: int, batch_size
 
 
 class Instability:
+    trains_copy = True
+
     def __call__(self, inputs: AnalysisInputs) -> dict:
         from lt_core.data import Split
 

@@ -1,0 +1,246 @@
+"""Fused training (lt_core.fused, lt_core.group_training) against training each network alone.
+
+Tolerance: fused and separate training do the same arithmetic in a different order (one grouped
+convolution or batched matmul instead of K), so they agree up to floating-point reassociation.
+In float64 every model's weights and BatchNorm statistics agree to 1e-9 after 12 steps (measured:
+at most 1e-12); in float32 a training run drifts apart by ~1e-6 per weight, and the metrics
+table of an IMP run is the same."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from lt_core.config import TrainConfig
+from lt_core.data import Split, TensorData
+from lt_core.fused import fuse_models, load_network, network_state, unfusable
+from lt_core.group_training import TrainTask, fuse_chosen, train_tasks
+from lt_core.imp import ImpRun
+from lt_core.masks import apply_masks, dense_masks
+from lt_core.metrics import STATUS_DIVERGED
+from lt_core.models import MODELS, build_model
+from lt_core.rundir import load_tensors, point_dirs
+
+TOLERANCE = 1e-9  # float64
+STEPS = 12
+
+
+def generated_data(shape: tuple[int, int, int], augment: bool, n: int = 96) -> TensorData:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, *shape, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 10, (n,), generator=generator)
+    test, val = n * 5 // 12, n * 5 // 24
+    return TensorData(Split(x, y), Split(x[:test], y[:test]), Split(x[test:test + val],
+                      y[test:test + val]), 10, shape, augment,
+                      torch.zeros(shape[0], dtype=torch.float64))
+
+
+def tasks_for(name: str, shape, seeds: list[int], lrs: list[float] | None = None,
+              checkpoints: list[Path] | None = None, steps: int = STEPS) -> list[TrainTask]:
+    tasks = []
+    for index, seed in enumerate(seeds):
+        torch.manual_seed(100 + index)
+        model = build_model(name, shape, 10).to(torch.float64)
+        generator = torch.Generator().manual_seed(200 + index)
+        masks = {key: torch.rand(mask.shape, generator=generator) < 0.6
+                 for key, mask in dense_masks(model).items()}
+        apply_masks(model, masks)
+        rate = 0.02 if lrs is None else lrs[index]
+        tasks.append(TrainTask(model, masks, seed, 0, steps, lambda i, r=rate: r * (1 - i / 20),
+                               None if checkpoints is None else checkpoints[index]))
+    return tasks
+
+
+def assert_same_networks(alone: list[TrainTask], fused: list[TrainTask], outcomes_a,
+                         outcomes_b, tolerance: float = TOLERANCE) -> None:
+    for a, b, oa, ob in zip(alone, fused, outcomes_a, outcomes_b):
+        sa, sb = a.model.state_dict(), b.model.state_dict()
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            assert torch.allclose(sa[key].double(), sb[key].double(), rtol=tolerance,
+                                  atol=tolerance), key
+        for key, mask in b.masks.items():
+            assert (sb[key][~mask] == 0).all(), f"{key}: a pruned weight moved"
+        assert oa.test_acc == ob.test_acc and oa.status == ob.status
+        assert [r["iteration"] for r in oa.history] == [r["iteration"] for r in ob.history]
+        for ra, rb in zip(oa.history, ob.history):
+            assert ra["val_acc"] == rb["val_acc"]
+            if ra["train_loss"] is None:  # the diverged step
+                assert rb["train_loss"] is None
+            else:
+                assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-9)
+
+
+CONFIGS = {
+    "sgd_momentum_wd": dict(optimizer="sgd", lr=0.02, momentum=0.9, weight_decay=1e-3),
+    "adam_wd": dict(optimizer="adam", lr=1e-3, weight_decay=1e-3),
+}
+
+
+# Small inputs keep float64 convolutions fast (VGG's five poolings need 32x32).
+SHAPES = {"lenet_300_100": (1, 28, 28), "vgg16": (3, 32, 32), "vgg19": (3, 32, 32)}
+HEAVY = ("vgg16", "vgg19", "resnet18", "resnet56")
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_trains_fused_as_alone(name: str) -> None:
+    """Every model of the zoo, masked; BatchNorm ones included (statistics compared too). The
+    networks share a data order (ticket and controls) in one case and have their own in the
+    other; SGD with momentum and weight decay, and Adam with weight decay (the four big models:
+    the SGD case, on fewer and smaller batches)."""
+    shape = SHAPES.get(name, (3, 16, 16))
+    heavy = name in HEAVY
+    steps, size = (3, 2) if heavy else (STEPS, 8)
+    data = generated_data(shape, augment=shape[0] == 3, n=12 if heavy else 96)
+    cases = (("sgd_momentum_wd", [0, 0, 1]), ("adam_wd", [2, 3]))
+    for kind, seeds in cases[:1] if heavy else cases:
+        config = TrainConfig(**CONFIGS[kind], batch_size=size, length=f"{steps}it",
+                             eval_every=f"{steps // 2 + 1}it")
+        alone = tasks_for(name, shape, seeds, steps=steps)
+        fused = tasks_for(name, shape, seeds, steps=steps)
+        outcomes_a = train_tasks(alone, data, config, fuse=False)
+        outcomes_b = train_tasks(fused, data, config, fuse=True)
+        assert_same_networks(alone, fused, outcomes_a, outcomes_b)
+
+
+def test_own_learning_rate_per_network() -> None:
+    shape = (1, 28, 28)
+    data = generated_data(shape, augment=False)
+    config = TrainConfig(**CONFIGS["sgd_momentum_wd"], batch_size=8, length=f"{STEPS}it",
+                         eval_every="6it")
+    lrs = [0.05, 0.01, 0.002]
+    alone, fused = tasks_for("lenet_300_100", shape, [0] * 3, lrs), \
+        tasks_for("lenet_300_100", shape, [0] * 3, lrs)
+    outcomes_a = train_tasks(alone, data, config, fuse=False)
+    outcomes_b = train_tasks(fused, data, config, fuse=True)
+    assert_same_networks(alone, fused, outcomes_a, outcomes_b)
+    finals = [t.model.fc1.weight for t in fused]
+    assert not torch.allclose(finals[0], finals[1])  # the rates did differ
+
+
+def test_a_diverging_network_leaves_the_group_and_the_others_go_on() -> None:
+    shape = (1, 28, 28)
+    data = generated_data(shape, augment=False)
+    config = TrainConfig(optimizer="sgd", lr=0.02, batch_size=8, length=f"{STEPS}it",
+                         eval_every="4it")
+    lrs = [0.02, 1e6, 0.02]
+    alone, fused = tasks_for("lenet_300_100", shape, [0, 0, 1], lrs), \
+        tasks_for("lenet_300_100", shape, [0, 0, 1], lrs)
+    outcomes_a = train_tasks(alone, data, config, fuse=False)
+    outcomes_b = train_tasks(fused, data, config, fuse=True)
+    assert outcomes_a[1].status == STATUS_DIVERGED
+    assert outcomes_b[1].train_samples == outcomes_a[1].train_samples < STEPS * 8
+    assert_same_networks(alone, fused, outcomes_a, outcomes_b)
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("lose_one", [False, True])
+def test_a_fused_group_resumes_from_its_checkpoints(tmp_path: Path, lose_one: bool) -> None:
+    """Killed after a mid-level evaluation, the group resumes from its checkpoints to the result
+    of an uninterrupted run (exactly: same arithmetic). With one network's checkpoint lost, that
+    network restarts and catches up alone, then rejoins."""
+    shape = (3, 16, 16)
+    data = generated_data(shape, augment=True)
+    config = TrainConfig(**CONFIGS["adam_wd"], batch_size=8, length=f"{STEPS}it",
+                         eval_every="4it")
+    reference = tasks_for("resnet20", shape, [0, 0, 5])
+    expected = train_tasks(reference, data, config)
+    checkpoints = [tmp_path / f"checkpoint_{index}.pt" for index in range(3)]
+    first = tasks_for("resnet20", shape, [0, 0, 5], checkpoints=checkpoints)
+    calls = []
+
+    def stop_at_eight(record: dict) -> None:
+        calls.append(record["iteration"])
+        if record["iteration"] == 8:
+            raise Interrupted
+
+    first[2].on_eval = stop_at_eight
+    with pytest.raises(Interrupted):
+        train_tasks(first, data, config)
+    assert all(load_tensors(path)["iteration"] == 8 for path in checkpoints)
+    if lose_one:
+        checkpoints[1].unlink()
+    resumed = tasks_for("resnet20", shape, [0, 0, 5], checkpoints=checkpoints)
+    outcomes = train_tasks(resumed, data, config)
+    tolerance = TOLERANCE if lose_one else 0.0
+    assert_same_networks(reference, resumed, expected, outcomes, tolerance)
+
+
+def test_fused_state_round_trip_and_unfusable_models() -> None:
+    models = [build_model("resnet20", (3, 32, 32), 10) for _ in range(3)]
+    fused = fuse_models(models)
+    for index, model in enumerate(models):
+        state = network_state(fused, index)
+        assert state.keys() == model.state_dict().keys()
+        assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    replacement = build_model("resnet20", (3, 32, 32), 10).state_dict()
+    load_network(fused, 1, replacement)
+    assert all(torch.equal(network_state(fused, 1)[k], v) for k, v in replacement.items())
+    assert all(torch.equal(network_state(fused, 0)[k], v)
+               for k, v in models[0].state_dict().items())
+
+    odd = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    assert unfusable(odd) == "layer 1 (LayerNorm) has no fused form"
+    with pytest.raises(ValueError, match="cannot fuse Sequential: layer 1 "):
+        fuse_models([odd, copy.deepcopy(odd)])
+    assert not fuse_chosen("auto", odd, torch.device("cpu"))
+
+
+def test_auto_fuses_where_it_pays() -> None:
+    lenet = build_model("lenet_300_100", (1, 28, 28), 10)
+    conv = build_model("conv2", (3, 32, 32), 10)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert fuse_chosen("auto", lenet, cpu) and not fuse_chosen("off", lenet, cpu)
+    assert not fuse_chosen("auto", conv, cpu) and fuse_chosen("auto", conv, cuda)
+    assert not fuse_chosen("off", conv, cuda)
+
+
+def _metrics_table(out: Path) -> list[dict]:
+    from lt_core.levels import LevelRecord
+    from lt_core.rundir import metrics_file, read_json
+
+    return [LevelRecord.from_metrics(read_json(metrics_file(folder))).flat()
+            for _, _, folder in point_dirs(out)]
+
+
+def test_an_imp_run_fused_gives_the_table_of_one_trained_network_at_a_time(
+        tiny_config, tiny_data: TensorData, tmp_path: Path) -> None:
+    """Ticket, three controls and the instability copies of two of them, two pruned levels:
+    the same accuracies, and losses within float32 reassociation."""
+    changes = {"train": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9},
+               "imp": {"levels": 2, "controls": ["reinit", "random_prune", "shuffle"],
+                       "analyses": ["instability"], "analyses_on": ["ticket", "reinit"]},
+               "instability": {"points": 5, "train_examples": 200}}
+    tables = {}
+    for fuse in ("off", "auto"):
+        config = tiny_config({**changes, "train": {**changes["train"], "fuse": fuse}})
+        run = ImpRun(config, tmp_path / fuse, data=tiny_data)
+        assert run.fuses() == (fuse == "auto")
+        run.run()
+        tables[fuse] = _metrics_table(tmp_path / fuse)
+    assert len(tables["off"]) == 3
+    for off, auto in zip(tables["off"], tables["auto"]):
+        assert off.keys() == auto.keys()
+        for key, value in off.items():
+            if "seconds" in key:
+                continue
+            if "acc" in key or key in ("level", "density", "sparsity"):
+                assert auto[key] == value, key
+            elif isinstance(value, float):
+                assert auto[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def test_a_fused_point_trains_only_what_is_unfinished(tiny_config, tiny_data: TensorData,
+                                                      tmp_path: Path) -> None:
+    config = tiny_config({"imp": {"levels": 1, "controls": ["reinit", "shuffle"]}})
+    run = ImpRun(config, tmp_path, data=tiny_data)
+    run.run_level(0)
+    assert [t.model is not None for t in run.point_tasks(1)] == [True, True, True]
+    run.run_level(1)
+    assert run.point_tasks(1) == []
