@@ -615,3 +615,25 @@ class ImpRun:
         if self.config.imp.analyses:
             atomic_save(optimizer.state_dict(), rewind_optimizer_file(self.out))
         atomic_save(model.state_dict(), rewind_file(self.out))
+
+
+def train_together(runs: list[ImpRun], keep_going: Callable[[ImpRun, dict], bool] = lambda r, m: True
+                   ) -> Iterator[tuple[ImpRun, dict]]:
+    """The grid levels of several runs of one configuration (its seeds: same config but the
+    seed), level by level: at each level the networks of every run still going train as one
+    fused group (when ``train.fuse`` chooses it), then each run records the level. Yields (run,
+    the level's metrics) in run order. A run stops after the level where its ticket diverged,
+    or where ``keep_going`` says no."""
+    going = list(runs)
+    for level in runs[0].levels:
+        if not going:
+            return
+        if going[0].fuses():
+            tasks = [task for run in going for task in run.point_tasks(level)]
+            train_tasks(tasks, going[0].data, going[0].config.train)
+        for run in list(going):
+            metrics = run.run_level(level)
+            yield run, metrics
+            if LevelRecord.from_metrics(metrics).diverged(TICKET) or not keep_going(run,
+                                                                                    metrics):
+                going.remove(run)

@@ -32,7 +32,7 @@ from ray.tune import Callback
 
 from lt_core.imp import grid_levels
 from lt_core.metrics import DIVERGED, TICKET, metric_name
-from sweeps.layout import trial_label
+from sweeps.layout import SEED_RESULT, trial_label
 from sweeps.study import trial_config
 
 _LIBRARY_LOGGERS = ("ray", "mlflow", "alembic", "sqlalchemy", "urllib3", "filelock", "optuna")
@@ -109,16 +109,22 @@ class SweepConsole(Callback):
         return self._interactive
 
     # ---- rows -----------------------------------------------------------------------------------
-    def _row(self, trial) -> Row:
-        if trial.trial_id not in self.rows:
-            target = trial.config.get("_refine")
-            swept = dict(target["swept"]) if target else {
-                k: v for k, v in trial.config.items() if not k.startswith("_")}
+    def _row(self, trial, seed: int | None = None) -> Row:
+        """A trial's row (with ``base.seeds``, one per seed: the first seed's until a result
+        names one)."""
+        target = trial.config.get("_refine")
+        swept = dict(target["swept"]) if target else {
+            k: v for k, v in trial.config.items() if not k.startswith("_")}
+        members = self.study.members(trial.trial_id, swept)
+        member_id, swept = next(((i, v) for i, v in members if v.get("seed") == seed),
+                                members[0])
+        if member_id not in self.rows:
             levels = grid_levels(trial_config(self.study, swept))
-            name = trial_label(swept, self.study.swept_keys)
-            self.rows[trial.trial_id] = Row(name + (" (refine)" if target else ""), max(levels),
-                                            len(levels))
-        return self.rows[trial.trial_id]
+            name = trial_label(swept, self.study.swept_keys + (["seed"] if self.study.seeds
+                                                                else []))
+            self.rows[member_id] = Row(name + (" (refine)" if target else ""), max(levels),
+                                       len(levels))
+        return self.rows[member_id]
 
     def _print(self, line: str) -> None:
         self.stream.write(line + "\n")
@@ -128,12 +134,13 @@ class SweepConsole(Callback):
         self.started = time.monotonic()
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._row(trial).state = "running"
+        for seed in self.study.seeds or [None]:
+            self._row(trial, seed).state = "running"
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if "level" not in result:
             return
-        row = self._row(trial)
+        row = self._row(trial, result.get(SEED_RESULT))
         row.state = "running"
         level, sublevel = int(result["level"]), int(result.get("sublevel", 0) or 0)
         row.level = f"{level}.{sublevel:03d}" if sublevel else str(level)
@@ -159,10 +166,15 @@ class SweepConsole(Callback):
             return f"> {100 * result['breakdown_sparsity_low']:.2f}%"
         return f"{100 * result['breakdown_sparsity_est']:.2f}%"
 
+    def _rows(self, trial) -> list[Row]:
+        """A trial's rows: one, or one per seed."""
+        return [self._row(trial, seed) for seed in self.study.seeds or [None]]
+
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        row = self._row(trial)
-        row.state = "done"
-        if not self.interactive:
+        for row in self._rows(trial):
+            row.state = "done"
+            if self.interactive:
+                continue
             first = row.breakdown.startswith(DIVERGED)  # the ticket diverged, unbroken
             breakdown = (f"ticket {row.breakdown}" if first else
                          f"ticket breakdown {row.breakdown or '-'}")
@@ -173,10 +185,10 @@ class SweepConsole(Callback):
         self._maybe_draw(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        row = self._row(trial)
-        row.state = "failed"
         self._clear()
-        self._print(f"failed  {row.name} at level {row.level}: {self._error(trial)}")
+        for row in self._rows(trial):
+            row.state = "failed"
+            self._print(f"failed  {row.name} at level {row.level}: {self._error(trial)}")
         self._maybe_draw(force=True)
 
     @staticmethod
@@ -193,7 +205,7 @@ class SweepConsole(Callback):
 
     def on_step_end(self, iteration, trials, **info) -> None:
         for trial in trials:
-            self._row(trial)
+            self._rows(trial)
         self._maybe_draw()
 
     def on_experiment_end(self, trials, **info) -> None:

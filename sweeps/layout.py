@@ -4,7 +4,8 @@ Written by ``sweeps.tracking`` (the Tune driver), read by ``sweeps.report``.
 
 - parent run per sweep: tags ``lt.sweep`` (the study name), ``lt.role=parent``; params include
   ``breakdown.tolerance`` and ``breakdown.metric``.
-- child run per trial: tags ``lt.sweep``, ``lt.role=trial``, ``ray_trial_id``, ``lt.config``
+- child run per trial (with ``base.seeds``, per seed of a trial: ``ray_trial_id`` is then
+  ``<trial id>_seed<seed>``, ``seed_member_id``, and so is its run directory's name): tags ``lt.sweep``, ``lt.role=trial``, ``ray_trial_id``, ``lt.config``
   (the swept values but the seed: the seeds of one configuration share it),
   ``mlflow.parentRunId``, ``lt.run_dir`` (its run directory), ``lt.ticket_from`` (a transfer
   study's source run directory); ``lt.refine_failed`` when an ``lt-sweep refine`` of it failed;
@@ -38,6 +39,14 @@ RUN_DIR_TAG = "lt.run_dir"  # on a trial run: its run directory (lt_core.rundir)
 # On a trial run of a transfer study: the run directory whose tickets it trains (imp.ticket_from).
 TICKET_FROM_TAG = "lt.ticket_from"
 WORKER_TAG = "lt.worker"  # on a trial run: where it last ran, "HOST (NODE_IP) pid PID"
+# In a Tune result of a trial that trains several seeds (``base.seeds``): the seed it is about.
+SEED_RESULT = "seed"
+
+
+def seed_member_id(trial_id: str, seed: int) -> str:
+    """The id of one seed of a trial that trains several (``base.seeds``): its MLflow run's
+    ``ray_trial_id`` and its run directory's name."""
+    return f"{trial_id}_seed{seed}"
 TOLERANCE_PARAM = "breakdown.tolerance"
 METRIC_PARAM = "breakdown.metric"
 REFINE_PREFIX = "refine/"

@@ -263,6 +263,9 @@ def parse_refine_args(study: Study, steps: str, networks: str) -> tuple[int, lis
         raise ConfigError(f"--steps: {steps!r} is not a whole number from 1 to "
                           f"{MAX_REFINE_STEPS} (refinement points per bracket)")
     refuse_refining_transfer(study, f"{study.source_path}: lt-sweep refine")
+    if study.seeds:
+        raise ConfigError(f"{study.source_path}: lt-sweep refine: the sweep trains base.seeds "
+                          f"in each trial; refine it in the sweep instead (breakdown.refine)")
     names = [name.strip() for name in networks.split(",") if name.strip()]
     check_networks(names, study.base_config().imp.controls, "--networks")
     if not names:

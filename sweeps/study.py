@@ -21,6 +21,7 @@ from lt_core.breakdown import BreakdownRule
 from lt_core.metrics import ACCURACY_METRICS, TICKET
 from lt_core.paths import check_writable_dir
 from lt_core.validate import check_experiment
+from sweeps.layout import seed_member_id
 
 MAX_CHECKED_COMBINATIONS = 2000
 
@@ -167,7 +168,8 @@ class Study:
         self.source_path = source_path
         self.raw = raw
         self.name = spec.name
-        self.base = _absolute_data_paths(spec.base)
+        self.seeds = _seeds(spec.base, f"{source_path}: base.seeds")
+        self.base = _absolute_data_paths({k: v for k, v in spec.base.items() if k != SEEDS})
         self.space = spec.space
         self.search = spec.search
         self.resources = spec.resources
@@ -192,6 +194,13 @@ class Study:
             isinstance(self.base.get("imp"), dict) and
             self.base["imp"].get("ticket_from") is not None)
 
+    def members(self, trial_id: str, swept: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """The runs a Tune trial trains, as (id, swept values): itself; with ``base.seeds``, one
+        per seed (``seed_member_id``), the seed among its swept values."""
+        if not self.seeds:
+            return [(trial_id, swept)]
+        return [(seed_member_id(trial_id, seed), {**swept, "seed": seed}) for seed in self.seeds]
+
     @property
     def swept_keys(self) -> list[str]:
         return sorted(self.space)
@@ -208,6 +217,23 @@ class Study:
 
 
 TICKET_FROM = "imp.ticket_from"
+SEEDS = "seeds"  # in a study's base: the seeds one trial trains, fused (lt_core.group_training)
+
+
+def _seeds(base: dict, field: str) -> list[int]:
+    """``base.seeds``: distinct non-negative integers, instead of a ``seed``; [] when absent."""
+    if SEEDS not in base:
+        return []
+    seeds = base[SEEDS]
+    if not isinstance(seeds, list) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ConfigError(f"{field}: expected a non-empty list of non-negative integers, "
+                          f"got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{field}: {seeds} repeats a seed")
+    if "seed" in base:
+        raise ConfigError(f"{field}: give either base.seed or base.seeds, not both")
+    return list(seeds)
 
 
 def _absolute_source(value: str, tracking_uri: str, field: str) -> str:
@@ -300,6 +326,12 @@ def _apply_study_overrides(raw: dict, overrides: list[str], source: str) -> dict
 
 def _check_experiments(study: Study) -> None:
     source = str(study.source_path)
+    if study.seeds and "seed" in study.space:
+        raise ConfigError(f"{source}: space.seed: the study trains base.seeds in every trial; "
+                          f"sweep seed or give base.seeds, not both")
+    if study.seeds and study.search.algorithm == "optuna":
+        raise ConfigError(f"{source}: base.seeds: search 'optuna' takes one objective value "
+                          f"per trial; sweep seed instead")
     if study.search.algorithm == "optuna":
         grids = [k for k, d in study.space.items() if d.grid is not None]
         if grids:

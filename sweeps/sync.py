@@ -49,16 +49,17 @@ def trial_runs(study: Study, results_dir: Path) -> tuple[list[TrialRun], bool]:
     refine_failed = failed_refinements(results_dir)
     runs = []
     for trial in sorted(trials, key=lambda t: t.trial_id):
-        run_dir = run_directory(study, trial.trial_id)
-        if trial.status == "PENDING" and not config_file(run_dir).exists():
-            continue  # never started: the driver made no run for it
-        state = TrialRun(trial.trial_id, swept_values(trial.config))
-        for values in point_values(run_dir):
-            state.add(values)
-        state.worker = worker_label(trial.last_result or {})
-        state.status = RUN_STATUS.get(trial.status)
-        state.refine_failed = refine_failed.get(trial.trial_id)
-        runs.append(state)
+        for member_id, swept in study.members(trial.trial_id, swept_values(trial.config)):
+            run_dir = run_directory(study, member_id)
+            if trial.status == "PENDING" and not config_file(run_dir).exists():
+                continue  # never started: the driver made no run for it
+            state = TrialRun(member_id, swept)
+            for values in point_values(run_dir):
+                state.add(values)
+            state.worker = worker_label(trial.last_result or {})
+            state.status = RUN_STATUS.get(trial.status)
+            state.refine_failed = refine_failed.get(trial.trial_id)
+            runs.append(state)
     return runs, bool(trials) and all(t.status in RUN_STATUS for t in trials)
 
 

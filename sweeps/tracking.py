@@ -43,10 +43,10 @@ from lt_core.levels import LevelRecord, networks_in
 from lt_core.metrics import TICKET, metric_name
 from lt_core.rundir import analysis_curves, metrics_file, point_dirs
 from sweeps.layout import (CONFIG_TAG, DIVERGED_TAG, METRIC_PARAM, PARENT_RUN_TAG,
-                           REFINE_FAILED_TAG, ROLE_TAG, RUN_DIR_TAG, RUN_NAME_TAG, SWEEP_TAG,
-                           SYSTEM_PREFIX, TICKET_FROM_TAG, TOLERANCE_PARAM, TRIAL_TAG, WORKER_TAG, configuration_slug,
-                           divergence_tag, point_entries, point_of, records_from_history,
-                           trial_label)
+                           REFINE_FAILED_TAG, ROLE_TAG, RUN_DIR_TAG, RUN_NAME_TAG, SEED_RESULT,
+                           SWEEP_TAG, SYSTEM_PREFIX, TICKET_FROM_TAG, TOLERANCE_PARAM, TRIAL_TAG,
+                           WORKER_TAG, configuration_slug, divergence_tag, point_entries,
+                           point_of, records_from_history, seed_member_id, trial_label)
 from sweeps.errors import ReportUnavailable
 from sweeps.mlflow_view import ensure_view, link_lines
 from sweeps.plots import accuracy_vs_density
@@ -682,24 +682,36 @@ class MlflowLevelLogger(Callback):
 
         self._try(write)
 
-    def _trial(self, trial) -> TrialRun:
+    def _trial(self, trial, seed: int | None = None) -> TrialRun:
+        """The run of a trial (of one of its seeds, with ``base.seeds``)."""
         trial_id, swept = trial_identity(trial)
-        if trial_id not in self._trials:
-            self._trials[trial_id] = TrialRun(trial_id, swept)
-        return self._trials[trial_id]
+        members = dict(self.study.members(trial_id, swept))
+        member_id = trial_id if seed is None or not self.study.seeds else \
+            seed_member_id(trial_id, seed)
+        if member_id not in self._trials:
+            self._trials[member_id] = TrialRun(member_id, members[member_id])
+        return self._trials[member_id]
+
+    def _trial_runs(self, trial) -> list[TrialRun]:
+        """Every run of a trial: one, or one per seed."""
+        trial_id, swept = trial_identity(trial)
+        if not self.study.seeds:
+            return [self._trial(trial)]
+        return [self._trial(trial, values["seed"])
+                for _, values in self.study.members(trial_id, swept)]
 
     # ---- what tests and callers read -------------------------------------------------------
-    def trial_run_id(self, trial) -> str:
-        """The trial's run id, found or created (MLflow must answer)."""
-        state = self._trial(trial)
+    def trial_run_id(self, trial, seed: int | None = None) -> str:
+        """The trial's run id (of one of its seeds), found or created (MLflow must answer)."""
+        state = self._trial(trial, seed)
         if state.behind:
             self._write(state)
         return state.run_id
 
-    def trial_levels(self, trial) -> list[LevelRecord]:
+    def trial_levels(self, trial, seed: int | None = None) -> list[LevelRecord]:
         """The trial's levels and refinement points logged so far, in level order."""
-        state = self._trial(trial)
-        self.trial_run_id(trial)
+        state = self._trial(trial, seed)
+        self.trial_run_id(trial, seed)
         self._settle(state, wait=True)
         return records_of(state.logged or {})
 
@@ -726,31 +738,33 @@ class MlflowLevelLogger(Callback):
                 self._catch_up()
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        state = self._trial(trial)
-        self._settle(state, wait=True)  # a restarted trial's earlier writes land first
-        state.restart()
+        for state in self._trial_runs(trial):
+            self._settle(state, wait=True)  # a restarted trial's earlier writes land first
+            state.restart()
         self._catch_up()
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if "level" not in result:
             return
-        state = self._trial(trial)
+        state = self._trial(trial, result.get(SEED_RESULT))
         state.add(result)
         state.worker = worker_label(result) or state.worker  # Tune adds where the trial runs
         self._catch_up(current=state)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._trial(trial).status = "FINISHED"
+        for state in self._trial_runs(trial):
+            state.status = "FINISHED"
         self._catch_up()
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        state = self._trial(trial)
-        if trial.config.get("_refine"):
-            # The sweep's trial itself finished: a failed refinement leaves its run in the report
-            # (FINISHED, with what was refined) and says so in a tag.
-            state.status, state.summarise, state.refine_failed = "FINISHED", False, trial.trial_id
-        else:
-            state.status = "FAILED"
+        for state in self._trial_runs(trial):
+            if trial.config.get("_refine"):
+                # The sweep's trial itself finished: a failed refinement leaves its run in the
+                # report (FINISHED, with what was refined) and says so in a tag.
+                state.status, state.summarise = "FINISHED", False
+                state.refine_failed = trial.trial_id
+            else:
+                state.status = "FAILED"
         self._catch_up()
 
     def on_experiment_end(self, trials, **info) -> None:

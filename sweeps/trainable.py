@@ -17,11 +17,13 @@ never reported again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -31,10 +33,10 @@ from ray import tune
 from lt_core.breakdown import BreakdownRule, levels_below, trial_summary
 from lt_core.config import ExperimentConfig
 from lt_core.data import TensorData, load_dataset
-from lt_core.imp import ImpRun, resolve_device, run_records
+from lt_core.imp import ImpRun, resolve_device, run_records, train_together
 from lt_core.levels import LevelRecord
 from lt_core.rundir import atomic_write_json, level_dir, metrics_file, read_json
-from sweeps.layout import SYSTEM_PREFIX
+from sweeps.layout import SEED_RESULT, SYSTEM_PREFIX
 from sweeps.study import Study, trial_config
 
 # Tune's live table shows the first four numeric keys of a result: these lead it.
@@ -153,40 +155,65 @@ class ResourceMeter:
         return values
 
 
+@dataclass
+class Member:
+    """One run a trial trains: its points reported so far, where its resume kit lies in the
+    trial's checkpoints ("" for a trial of one run), and its seed in a trial of several."""
+
+    run: ImpRun
+    reported: set[str]
+    kit: str = ""
+    seed: int | None = None
+
+
 class Reporter:
-    """Reports each finished point of a run once, with a checkpoint to continue from."""
+    """Reports each finished point of a trial's runs once, with a checkpoint to continue every
+    one of them from."""
 
-    def __init__(self, run: ImpRun, rule: BreakdownRule, reported: set[str],
+    def __init__(self, members: list[Member], rule: BreakdownRule,
                  refine: tuple[list[str], int] | None = None):
-        self.run, self.rule, self.reported, self.refine = run, rule, reported, refine
-        self.meter = ResourceMeter(run.device)
+        self.members, self.rule, self.refine = members, rule, refine
+        self.meter = ResourceMeter(members[0].run.device)
 
-    def __call__(self, metrics: dict) -> None:
-        self.record(LevelRecord.from_metrics(metrics))
+    @property
+    def run(self) -> ImpRun:
+        return self.members[0].run
 
-    def record(self, record: LevelRecord) -> None:
+    def member(self, run: ImpRun) -> Member:
+        return next(member for member in self.members if member.run is run)
+
+    def __call__(self, metrics: dict, run: ImpRun | None = None) -> None:
+        self.record(LevelRecord.from_metrics(metrics), run)
+
+    def record(self, record: LevelRecord, run: ImpRun | None = None) -> None:
+        member = self.member(run or self.run)
         key = report_id(record)
-        if key in self.reported or f"{record.level}.{record.sublevel:03d}:*" in self.reported:
+        if key in member.reported or f"{record.level}.{record.sublevel:03d}:*" in member.reported:
             return
-        self.reported.add(key)
+        member.reported.add(key)
         with tempfile.TemporaryDirectory() as folder:
-            _write_resume_kit(self.run, Path(folder), self.reported,
-                              self.run.files_to_continue(self.rule, self.refine))
-            result = point_result(record, self.run.records(), self.rule, self.run.out)
+            for each in self.members:
+                _write_resume_kit(each.run, Path(folder) / each.kit, each.reported,
+                                  each.run.files_to_continue(self.rule, self.refine))
+            run = member.run
+            result = point_result(record, run.records(), self.rule, run.out)
+            if member.seed is not None:
+                result[SEED_RESULT] = member.seed
             sample = self.meter.sample()
-            keep_system_sample(self.run.out, record, sample)
+            keep_system_sample(run.out, record, sample)
             tune.report({**result, **sample},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
-    def each(self, points: Iterable[dict]) -> None:
+    def each(self, points: Iterable[dict], run: ImpRun | None = None) -> None:
         for metrics in points:
-            self(metrics)
+            self(metrics, run)
 
     def unreported(self) -> None:
         """Report every finished point not reported yet: one finished just before a crash, or
         before a restart that found it done."""
-        for record in self.run.records():
-            self.record(record)
+        for member in self.members:
+            for record in member.run.records():
+                self.record(record, member.run)
 
 
 _DATASETS: dict[str, TensorData] = {}  # this worker's last dataset: reused actors reuse it
@@ -203,37 +230,51 @@ def _dataset(config: ExperimentConfig) -> TensorData:
 
 
 def _start(study: Study, swept: dict, trial_id: str,
-           refine: tuple[list[str], int] | None) -> tuple[ImpRun, Reporter]:
-    run_dir = run_directory(study, trial_id)
-    reported: set[str] = set()
+           refine: tuple[list[str], int] | None) -> Reporter:
+    """The trial's runs (one, or one per seed of ``base.seeds``), each continued from its part
+    of the trial's last checkpoint, and their reporter."""
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as kit:
-            reported = _restore_resume_kit(Path(kit), run_dir)
-    config = trial_config(study, swept)
-    run = ImpRun(config, run_dir, data=_dataset(config))
-    return run, Reporter(run, study.breakdown.rule, reported, refine)
+    members = []
+    several = len(study.members(trial_id, swept)) > 1
+    with (checkpoint.as_directory() if checkpoint is not None
+          else contextlib.nullcontext(None)) as kit:
+        for member_id, values in study.members(trial_id, swept):
+            run_dir = run_directory(study, member_id)
+            part = member_id if several else ""
+            reported: set[str] = set()
+            if kit is not None and (Path(kit) / part / REPORTED_FILE).exists():
+                reported = _restore_resume_kit(Path(kit) / part, run_dir)
+            config = trial_config(study, values)
+            run = ImpRun(config, run_dir, data=_dataset(config))
+            members.append(Member(run, reported, part, values["seed"] if several else None))
+    return Reporter(members, study.breakdown.rule, refine)
 
 
 def imp_trial(params: dict, study: Study) -> None:
     breakdown = study.breakdown
     refine = (breakdown.refine_networks, breakdown.refine) if breakdown.refine else None
-    run, report = _start(study, params, tune.get_context().get_trial_id(), refine)
-    for metrics in run.train_levels():  # ends early at a level whose ticket diverged
-        report(metrics)
+    report = _start(study, params, tune.get_context().get_trial_id(), refine)
+
+    def keep_going(run: ImpRun, metrics: dict) -> bool:
         done = [r for r in run.records() if r.level <= metrics["level"]]
-        if breakdown.early_stop and levels_below(done, breakdown.rule) >= breakdown.patience:
-            break
-    if run.config.imp.control_levels == "breakdown":
-        report.each(run.measure_controls(breakdown.rule))
-    if refine is not None:
-        report.each(run.refine(breakdown.rule, *refine))
+        return not (breakdown.early_stop and
+                    levels_below(done, breakdown.rule) >= breakdown.patience)
+
+    # Ends a run early at a level whose ticket diverged; the seeds of a trial train fused.
+    for run, metrics in train_together([m.run for m in report.members], keep_going):
+        report(metrics, run)
+    for member in report.members:
+        run = member.run
+        if run.config.imp.control_levels == "breakdown":
+            report.each(run.measure_controls(breakdown.rule), run)
+        if refine is not None:
+            report.each(run.refine(breakdown.rule, *refine), run)
     report.unreported()
 
 
 def refine_trial(params: dict, study: Study, steps: int, networks: list[str]) -> None:
     """Refine one finished trial of a sweep (its id and swept values in ``params["_refine"]``)."""
     target = params[REFINE_KEY]
-    run, report = _start(study, target["swept"], target["trial_id"], (networks, steps))
-    report.each(run.refine(study.breakdown.rule, networks, steps))
+    report = _start(study, target["swept"], target["trial_id"], (networks, steps))
+    report.each(report.run.refine(study.breakdown.rule, networks, steps))
     report.unreported()

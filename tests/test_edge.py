@@ -195,6 +195,18 @@ CASES: dict[str, tuple[Case, str]] = {
         lambda t, n: run_with(f"base.imp.ticket_from={a_source_run(t, n)}",
                               "breakdown.refine=2", command="validate")(t, n),
         "breakdown.refine: a transfer study"),
+    # ---- seeds trained in one trial (base.seeds)
+    "seeds that are not a list of integers": (run_with("base.seeds=[0, -1]"),
+                                              "base.seeds: expected a non-empty list"),
+    "a seed given twice": (run_with("base.seeds=[3, 3]"), "base.seeds: [3, 3] repeats a seed"),
+    "seeds and a seed": (run_with("base.seeds=[0, 1]", "base.seed=4"),
+                         "base.seeds: give either base.seed or base.seeds"),
+    "seeds and a swept seed": (run_with("base.seeds=[0, 1]", "space.seed.grid=[0, 1]"),
+                               "space.seed: the study trains base.seeds"),
+    "seeds with optuna": (run_with("base.seeds=[0, 1]", "search.algorithm=optuna",
+                                   "space.pruning.rate.uniform=[0.2, 0.6]",
+                                   "space.pruning.scope.choice=[global]"),
+                          "base.seeds: search 'optuna' takes one objective value"),
     # ---- flags
     "negative report tolerance": (lambda t, n: ["report", "quickstart", "--tolerance", "-1"],
                                   "--tolerance: -1"),

@@ -3,8 +3,8 @@
 Tolerance: fused and separate training do the same arithmetic in a different order (one grouped
 convolution or batched matmul instead of K), so they agree up to floating-point reassociation.
 In float64 every model's weights and BatchNorm statistics agree to 1e-9 after 12 steps (measured:
-at most 1e-12); in float32 a training run drifts apart by ~1e-6 per weight, and the metrics
-table of an IMP run is the same."""
+at most 1e-12). In float32 the reassociated last bits grow over a run (Adam rescales tiny
+gradients, ReLUs flip at zero): accuracies agree to within one test image."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ from lt_core.rundir import load_tensors, point_dirs
 
 TOLERANCE = 1e-9  # float64
 STEPS = 12
+# float32 on real data: the last bits differ, Adam and ReLU boundaries amplify that over a run
+# (a dense LeNet-300-100, Adam, 40 steps: weights up to 1e-2 apart, 1e-14 in float64), so an
+# accuracy may move by one test image of the tiny split's 200.
+ONE_IMAGE = 1 / 200 + 1e-9
 
 
 def generated_data(shape: tuple[int, int, int], augment: bool, n: int = 96) -> TensorData:
@@ -230,8 +234,10 @@ def test_an_imp_run_fused_gives_the_table_of_one_trained_network_at_a_time(
         for key, value in off.items():
             if "seconds" in key:
                 continue
-            if "acc" in key or key in ("level", "density", "sparsity"):
+            if key in ("level", "density", "sparsity"):
                 assert auto[key] == value, key
+            elif "acc" in key:
+                assert auto[key] == pytest.approx(value, abs=ONE_IMAGE), key
             elif isinstance(value, float):
                 assert auto[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
@@ -244,3 +250,36 @@ def test_a_fused_point_trains_only_what_is_unfinished(tiny_config, tiny_data: Te
     assert [t.model is not None for t in run.point_tasks(1)] == [True, True, True]
     run.run_level(1)
     assert run.point_tasks(1) == []
+
+
+def test_the_seeds_of_a_configuration_train_together_as_each_alone(
+        tiny_config, tiny_data: TensorData, tmp_path: Path) -> None:
+    """``train_together``: two seeds, ticket and a control each, their levels fused into one
+    group of four networks; each seed's table is the one it has trained alone."""
+    from lt_core.imp import train_together
+
+    changes = {"imp": {"levels": 2, "controls": ["reinit"]}, "pruning": {"rate": 0.5}}
+    alone = {}
+    for seed in (0, 1):
+        config = tiny_config({**changes, "seed": seed, "train": {"fuse": "off"}})
+        ImpRun(config, tmp_path / f"alone{seed}", data=tiny_data).run()
+        alone[seed] = _metrics_table(tmp_path / f"alone{seed}")
+    runs = [ImpRun(tiny_config({**changes, "seed": seed}), tmp_path / f"together{seed}",
+                   data=tiny_data) for seed in (0, 1)]
+    order = [(runs.index(run), metrics["level"]) for run, metrics in train_together(runs)]
+    assert order == [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)]
+    for seed in (0, 1):
+        table = _metrics_table(tmp_path / f"together{seed}")
+        assert len(table) == 3
+        for off, auto in zip(alone[seed], table):
+            for key, value in off.items():
+                if "acc" in key:
+                    assert auto[key] == pytest.approx(value, abs=ONE_IMAGE), (seed, key)
+    assert alone[0] != alone[1]
+
+    # A run that keep_going stops leaves the group; the other goes on.
+    runs = [ImpRun(tiny_config({**changes, "seed": seed}), tmp_path / f"stop{seed}",
+                   data=tiny_data) for seed in (0, 1)]
+    order = [(runs.index(run), metrics["level"]) for run, metrics in
+             train_together(runs, lambda run, metrics: run is runs[1] or metrics["level"] < 1)]
+    assert order == [(0, 0), (1, 0), (0, 1), (1, 1), (1, 2)]
