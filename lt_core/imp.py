@@ -75,6 +75,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def describe_device(device: torch.device) -> str:
+    """``cpu``, or ``cuda:0 (NVIDIA H100 80GB HBM3)``: what a run trains on, as recorded."""
+    if device.type != "cuda":
+        return device.type
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
 def grid_levels(config: ExperimentConfig) -> list[int]:
     """An experiment's grid levels: 0..imp.levels, or those of its transferred tickets."""
     if config.imp.ticket_from is not None:
@@ -554,10 +562,10 @@ class ImpRun:
         tasks = []
         for name in networks:
             files = network_files(folder, name)
-            start = self._ticket_start(level, sublevel) if name == TICKET else None
             if not (files.result.exists() and files.final.exists()):
-                net_masks = masks
-                if name != TICKET:
+                if name == TICKET:
+                    start, net_masks = self._ticket_start(level, sublevel), masks
+                else:
                     control = self._control_start(level, sublevel, name, masks)
                     start, net_masks = control.state, control.masks
                 model = self._model_from(start)

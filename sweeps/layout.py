@@ -9,7 +9,7 @@ Written by ``sweeps.tracking`` (the Tune driver), read by ``sweeps.report``.
   (the swept values but the seed: the seeds of one configuration share it),
   ``mlflow.parentRunId``, ``lt.run_dir`` (its run directory), ``lt.ticket_from`` (a transfer
   study's source run directory); ``lt.refine_failed`` when an ``lt-sweep refine`` of it failed;
-  ``lt.diverged`` when a network's training loss became NaN/inf (``ticket at level 3``).
+  ``lt.device`` (what it trained on); ``lt.diverged`` when a network's training loss became NaN/inf (``ticket at level 3``).
   - A grid level's measurements sit at ``step = level``, under their flat names
     (``lt_core.metrics``: ``density``, ``test_acc``, ``reinit_test_acc``, ...).
   - A refinement point's sit under ``refine/<name>`` at ``step = 1000 * level + sublevel``
@@ -39,6 +39,8 @@ RUN_DIR_TAG = "lt.run_dir"  # on a trial run: its run directory (lt_core.rundir)
 # On a trial run of a transfer study: the run directory whose tickets it trains (imp.ticket_from).
 TICKET_FROM_TAG = "lt.ticket_from"
 WORKER_TAG = "lt.worker"  # on a trial run: where it last ran, "HOST (NODE_IP) pid PID"
+DEVICE_TAG = "lt.device"  # on a trial run: what it trained on, "cpu" or "cuda:0 (NVIDIA H100)"
+DEVICE_RESULT = "device"  # in a Tune result: the same
 # In a Tune result of a trial that trains several seeds (``base.seeds``): the seed it is about.
 SEED_RESULT = "seed"
 

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 
 from lt_core.rundir import config_file
 from sweeps.errors import ReportUnavailable, TrackingUnavailable
-from sweeps.layout import ROLE_TAG, SWEEP_TAG, TRIAL_TAG
+from sweeps.layout import DEVICE_RESULT, ROLE_TAG, SWEEP_TAG, TRIAL_TAG
 from sweeps.mlflow_view import VIEW_TAG_PREFIX, ensure_view, link_lines, view_key
 from sweeps.report import build_report, search_all_runs
 from sweeps.runner import REFINE_DIR, sweep_trials
@@ -57,6 +57,7 @@ def trial_runs(study: Study, results_dir: Path) -> tuple[list[TrialRun], bool]:
             for values in point_values(run_dir):
                 state.add(values)
             state.worker = worker_label(trial.last_result or {})
+            state.device = (trial.last_result or {}).get(DEVICE_RESULT)
             state.status = RUN_STATUS.get(trial.status)
             state.refine_failed = refine_failed.get(trial.trial_id)
             runs.append(state)

@@ -42,8 +42,8 @@ from lt_core.breakdown import BreakdownRule, dense_accuracy, locate, trial_summa
 from lt_core.levels import LevelRecord, networks_in
 from lt_core.metrics import TICKET, metric_name
 from lt_core.rundir import analysis_curves, metrics_file, point_dirs
-from sweeps.layout import (CONFIG_TAG, DIVERGED_TAG, METRIC_PARAM, PARENT_RUN_TAG,
-                           REFINE_FAILED_TAG, ROLE_TAG, RUN_DIR_TAG, RUN_NAME_TAG, SEED_RESULT,
+from sweeps.layout import (CONFIG_TAG, DEVICE_RESULT, DEVICE_TAG, DIVERGED_TAG, METRIC_PARAM,
+                           PARENT_RUN_TAG, REFINE_FAILED_TAG, ROLE_TAG, RUN_DIR_TAG, RUN_NAME_TAG, SEED_RESULT,
                            SWEEP_TAG, SYSTEM_PREFIX, TICKET_FROM_TAG, TOLERANCE_PARAM, TRIAL_TAG,
                            WORKER_TAG, configuration_slug, divergence_tag, point_entries,
                            point_of, records_from_history, seed_member_id, trial_label)
@@ -427,6 +427,7 @@ class TrialRun:
     swept: dict[str, Any]
     points: Logged = field(default_factory=dict)  # every per-level value (the first of each)
     worker: str | None = None  # WORKER_TAG
+    device: str | None = None  # DEVICE_TAG
     status: str | None = None  # FINISHED or FAILED once the trial ended
     summarise: bool = True  # when FINISHED: its breakdown summary and plot
     refine_failed: str | None = None  # REFINE_FAILED_TAG
@@ -450,7 +451,8 @@ class TrialRun:
                 if (key, step) not in logged]
 
     def tags_due(self) -> dict[str, str]:
-        wanted = {WORKER_TAG: self.worker, REFINE_FAILED_TAG: self.refine_failed}
+        wanted = {WORKER_TAG: self.worker, DEVICE_TAG: self.device,
+                  REFINE_FAILED_TAG: self.refine_failed}
         return {key: value for key, value in wanted.items()
                 if value is not None and self.tags.get(key) != value}
 
@@ -749,6 +751,7 @@ class MlflowLevelLogger(Callback):
         state = self._trial(trial, result.get(SEED_RESULT))
         state.add(result)
         state.worker = worker_label(result) or state.worker  # Tune adds where the trial runs
+        state.device = result.get(DEVICE_RESULT) or state.device
         self._catch_up(current=state)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:

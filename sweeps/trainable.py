@@ -33,10 +33,11 @@ from ray import tune
 from lt_core.breakdown import BreakdownRule, levels_below, trial_summary
 from lt_core.config import ExperimentConfig
 from lt_core.data import TensorData, load_dataset
-from lt_core.imp import ImpRun, resolve_device, run_records, train_together
+from lt_core.imp import (ImpRun, describe_device, resolve_device, run_records,
+                         train_together)
 from lt_core.levels import LevelRecord
 from lt_core.rundir import atomic_write_json, level_dir, metrics_file, read_json
-from sweeps.layout import SEED_RESULT, SYSTEM_PREFIX
+from sweeps.layout import DEVICE_RESULT, SEED_RESULT, SYSTEM_PREFIX
 from sweeps.study import Study, trial_config
 
 # Tune's live table shows the first four numeric keys of a result: these lead it.
@@ -199,6 +200,7 @@ class Reporter:
             result = point_result(record, run.records(), self.rule, run.out)
             if member.seed is not None:
                 result[SEED_RESULT] = member.seed
+            result[DEVICE_RESULT] = describe_device(run.device)
             sample = self.meter.sample()
             keep_system_sample(run.out, record, sample)
             tune.report({**result, **sample},

@@ -46,6 +46,7 @@ def test_one_trial_trains_every_seed_each_in_its_own_run(seeds_sweep, npz_path: 
     study = load_study(QUICKSTART, seeds_args(npz_path, tmp)[1::2])
     for run in trials:
         assert run.info.status == "FINISHED"
+        assert run.data.tags["lt.device"] == "cpu"
         seed = int(run.data.params["seed"])
         run_dir = Path(run.data.tags["lt.run_dir"])
         assert run_dir.name == run.data.tags["ray_trial_id"] == f"{trial_id}_seed{seed}"

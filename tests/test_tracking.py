@@ -39,6 +39,11 @@ def experiment(store, request) -> tuple[MlflowClient, str]:
     return client, experiment_id_for(client, request.node.name, store)
 
 
+def one_run(trial_id: str, swept: dict) -> list[tuple[str, dict]]:
+    """Study.members of a study without base.seeds: the trial is its one run."""
+    return [(trial_id, swept)]
+
+
 def make_study(tmp_path: Path, name: str = "lenet-rate",
                metric: str = "test_acc") -> SimpleNamespace:
     """A stand-in for sweeps.study.Study with the attributes the logger reads."""
@@ -48,7 +53,8 @@ def make_study(tmp_path: Path, name: str = "lenet-rate",
     source = tmp_path / "study.yaml"
     source.write_text(f"name: {name}\n")
     return SimpleNamespace(name=name, raw=raw, source_path=source, storage_path=tmp_path,
-                           swept_keys=["pruning.rate", "seed"], space={},
+                           swept_keys=["pruning.rate", "seed"], space={}, seeds=[],
+                           members=one_run,
                            base_config=partial(resolve_config, None, {"imp.controls": ["reinit"]}),
                            breakdown=Breakdown(tolerance=1.0, metric=metric))
 
