@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
-                      ValidationError, model_validator)
+                      ValidationError, field_validator, model_validator)
 
 from lt_core.analyses import ANALYSES
 from lt_core.controls import CONTROLS
@@ -105,6 +105,14 @@ class TrainConfig(_Strict):
     # auto: a point's networks (ticket, controls, analysis copies) train as one fused network
     # where that pays (lt_core.group_training.fuse_chosen); off: one after another.
     fuse: Literal["auto", "off"] = "auto"
+
+    @field_validator("fuse", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML reads a bare ``off`` (and ``no``, ``false``) as False, ``on`` as True."""
+        if isinstance(value, bool):
+            return "auto" if value else "off"
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":

@@ -65,18 +65,20 @@ class FusedConv2d(nn.Module):
         first = layers[0]
         if first.padding_mode != "zeros" or isinstance(first.padding, str):
             raise ValueError("fused convolutions need numeric zero padding")
+        if first.groups != 1:
+            raise ValueError("fused convolutions of grouped convolutions are not supported")
         self.networks, self.in_channels = len(layers), first.in_channels
         self.stride, self.padding = first.stride, first.padding
-        self.dilation, self.groups = first.dilation, first.groups
+        self.dilation = first.dilation
         self.weight = nn.Parameter(_stacked(layers, "weight"))
         bias = _stacked(layers, "bias")
         self.bias = None if bias is None else nn.Parameter(bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == self.in_channels:  # one input for all networks: K*O filters over it
-            groups = self.groups
+            groups = 1
         elif x.shape[1] == self.networks * self.in_channels:  # side by side: one group each
-            groups = self.groups * self.networks
+            groups = self.networks
         else:
             raise ValueError(f"fused convolution of {self.networks} networks with "
                              f"{self.in_channels} input channels got {x.shape[1]} channels")
@@ -89,8 +91,9 @@ class FusedBatchNorm2d(nn.Module):
     def __init__(self, layers: list[nn.BatchNorm2d]) -> None:
         super().__init__()
         first = layers[0]
-        if not (first.affine and first.track_running_stats):
-            raise ValueError("fused BatchNorm needs affine=True and track_running_stats=True")
+        if not (first.affine and first.track_running_stats) or first.momentum is None:
+            raise ValueError("fused BatchNorm needs affine=True, track_running_stats=True and a "
+                             "momentum")
         self.networks, self.num_features = len(layers), first.num_features
         self.momentum, self.eps = first.momentum, first.eps
         self.weight = nn.Parameter(_stacked(layers, "weight"))
@@ -102,14 +105,11 @@ class FusedBatchNorm2d(nn.Module):
         if x.shape[1] != self.networks * self.num_features:
             raise ValueError(f"fused BatchNorm of {self.networks} networks with "
                              f"{self.num_features} channels got {x.shape[1]} channels")
-        factor = 0.0 if self.momentum is None else self.momentum
         if self.training:
             self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative average, as nn.BatchNorm2d
-                factor = 1.0 / float(self.num_batches_tracked[0])
         return F.batch_norm(x, self.running_mean.view(-1), self.running_var.view(-1),
-                            self.weight.view(-1), self.bias.view(-1), self.training, factor,
-                            self.eps)
+                            self.weight.view(-1), self.bias.view(-1), self.training,
+                            self.momentum, self.eps)
 
 
 # layer type -> its fused form (built from the K networks' layers at one place in the model)
@@ -125,8 +125,13 @@ def _fusable_type(module: nn.Module) -> type[nn.Module] | None:
 
 
 def unfusable(model: nn.Module) -> str | None:
-    """Why ``model`` cannot be fused (a layer with state that has no fused form), or None."""
+    """Why ``model`` cannot be fused (a layer with state that has no fused form, or a setting
+    the fused form does not compute), or None."""
     for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and module.groups != 1:
+            return f"layer {name} is a grouped convolution"
+        if isinstance(module, nn.BatchNorm2d) and module.momentum is None:
+            return f"layer {name} averages its statistics cumulatively (momentum None)"
         if _fusable_type(module) is not None:
             continue
         own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
@@ -160,10 +165,3 @@ def fuse_models(models: list[nn.Module]) -> nn.Module:
 def network_state(fused: nn.Module, index: int) -> dict[str, torch.Tensor]:
     """Network ``index``'s state dict (copies, not views of the fused tensors)."""
     return {name: value[index].clone() for name, value in fused.state_dict().items()}
-
-
-@torch.no_grad()
-def load_network(fused: nn.Module, index: int, state: dict[str, torch.Tensor]) -> None:
-    """Write one network's state dict into its slice of the fused tensors."""
-    for name, value in fused.state_dict().items():
-        value[index].copy_(state[name])

@@ -34,7 +34,7 @@ from lt_core.metrics import STATUS_DIVERGED, STATUS_KEY
 from lt_core.optim import make_optimizer
 from lt_core.rundir import atomic_save, load_tensors
 from lt_core.steps import Step
-from lt_core.training import (EVAL_CHUNK, TrainOutcome, checkpoint_state, evaluate,
+from lt_core.training import (EVAL_CHUNK, TrainOutcome, checkpoint_state, evaluation,
                               evaluation_record, outcome, steps_per_epoch, train)
 
 
@@ -170,6 +170,11 @@ class _Group:
         self.mask_values = [torch.stack([m.task.masks[name] for m in members]).to(p.dtype)
                             for name, p in zip(names, self.masked)]
         self.seeds = [m.task.seed for m in members]
+        # BatchNorm's running statistics move in every training forward: kept from before each
+        # step, so that networks going on after another diverged redo that step from them.
+        self.buffers = [b for b in self.fused.buffers() if b.is_floating_point()]
+        self.counters = [b for b in self.fused.buffers() if not b.is_floating_point()]
+        self.saved = [torch.empty_like(b) for b in self.buffers + self.counters]
         self.spe = steps_per_epoch(data, config)
         self.eval_every = Step.parse(config.eval_every).iterations(self.spe)
         self._plans: dict[int, object] = {}
@@ -202,11 +207,18 @@ class _Group:
         clock = time.perf_counter()
         while stop is None or iteration < stop:
             x, y = self._batch(iteration)
+            if self.saved:
+                torch._foreach_copy_(self.saved, self.buffers + self.counters)
             logits = self.fused(x)
             losses = F.cross_entropy(logits.flatten(0, 1), y, reduction="none").view(k, -1)
             losses = losses.mean(1)
             values = losses.tolist()  # one sync per step for all networks
             if not all(math.isfinite(v) for v in values):
+                going = [k for k, v in enumerate(values) if math.isfinite(v)]
+                if self.saved and going:  # the diverged keep the step's statistics, as alone
+                    index = torch.tensor(going, device=self.saved[0].device)
+                    for buffer, saved in zip(self.buffers + self.counters, self.saved):
+                        buffer[index] = saved[index]
                 self._share_time(clock)
                 self._diverged([m for m, v in zip(members, values) if not math.isfinite(v)])
                 return
@@ -260,10 +272,12 @@ class _Group:
                 None if val is None else val[index]))
             member.loss_sum, member.loss_count = 0.0, 0
             task = member.task
-            if iteration == task.end:
+            if iteration == task.end:  # as alone: the last record reported, then the network done
                 task.model.load_state_dict(network_state(self.fused, index))
+                member.report()
                 member.finish((task.end - task.start) * self.config.batch_size)
-            elif task.checkpoint is not None:
+                continue
+            if task.checkpoint is not None:
                 atomic_save(checkpoint_state(network_state(self.fused, index),
                                              _network_optimizer_state(optimizer, index),
                                              iteration, member.history, member.seconds),
@@ -274,13 +288,10 @@ class _Group:
         """Networks whose loss is not finite stop before this step's update, as alone."""
         self._hand_back()
         for member in diverged:
-            task, data = member.task, self.data
-            val = None if data.val is None else evaluate(task.model, data.val)
-            record = evaluation_record(member.iteration, math.nan,
-                                       evaluate(task.model, data.test), val)
+            record = evaluation(member.task.model, self.data, member.iteration, math.nan)
             member.history.append({**record, STATUS_KEY: STATUS_DIVERGED})
             member.report()
-            member.finish((member.iteration - task.start) * self.config.batch_size)
+            member.finish((member.iteration - member.task.start) * self.config.batch_size)
 
 
 @torch.no_grad()

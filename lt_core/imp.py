@@ -55,10 +55,10 @@ from lt_core.retrain import RETRAIN_MODES
 from lt_core.rundir import (analysis_curves, analysis_dir, analysis_result_file, atomic_save,
                             atomic_write_json, atomic_write_text, config_file, copy_files,
                             final_file, init_file, level_dir, load_tensors, mask_file,
-                            metrics_file, NetworkFiles, network_files, point_dirs, read_json, rewind_file,
-                            rewind_optimizer_file, transfer_file)
+                            metrics_file, NetworkFiles, network_files, point_dirs, read_json,
+                            rewind_file, rewind_optimizer_file, transfer_file)
 from lt_core.steps import Step
-from lt_core.training import TrainOutcome, steps_per_epoch, total_iterations, train
+from lt_core.training import TrainOutcome, steps_per_epoch, total_iterations
 from lt_core.transfer import transfer_levels, transferred_masks, transferred_state
 
 # Called at every evaluation: (level, run name "ticket" or a control, iteration, end, record).
@@ -552,12 +552,18 @@ class ImpRun:
                     networks: Iterable[str] | None = None) -> list[TrainTask]:
         """The trainings a point still needs, ready to train together: each unfinished network
         (by default the ticket and, with ``control_levels: all``, the controls) and, at a pruned
-        point, the copies its analyses train. A task stores its network's files when done."""
+        point, the copies its analyses train; none for a network the point's metrics record. A
+        task stores its network's files when done."""
         if networks is None:
             networks = [TICKET]
             if (level or sublevel) and self.config.imp.control_levels == "all":
                 networks += list(self.config.imp.controls)
         folder = level_dir(self.out, level, sublevel)
+        recorded = (LevelRecord.from_metrics(read_json(metrics_file(folder))).networks
+                    if metrics_file(folder).exists() else {})
+        networks = [name for name in networks if name not in recorded]
+        if not networks:  # all measured (a resume kit has only the point's metrics.json)
+            return []
         masks = self._masks_for(level, sublevel)
         tasks = []
         for name in networks:

@@ -88,7 +88,7 @@ def evaluation_record(iteration: int, train_loss: float, test: tuple[float, floa
     return record
 
 
-def _evaluation(model: nn.Module, data: TensorData, iteration: int, train_loss: float) -> dict:
+def evaluation(model: nn.Module, data: TensorData, iteration: int, train_loss: float) -> dict:
     val = None if data.val is None else evaluate(model, data.val)
     return evaluation_record(iteration, train_loss, evaluate(model, data.test), val)
 
@@ -148,7 +148,7 @@ def train(
         loss_value = loss.item()  # a sync per step: free on a CPU (on a GPU, waits for it)
         if not math.isfinite(loss_value):  # diverged: stop before this step's update
             seconds += time.perf_counter() - clock
-            record = _evaluation(model, data, iteration, math.nan)
+            record = evaluation(model, data, iteration, math.nan)
             history.append({**record, STATUS_KEY: STATUS_DIVERGED})
             if on_eval:
                 on_eval(history[-1])
@@ -165,7 +165,7 @@ def train(
             on_snapshot(model, optimizer)
         if iteration % eval_every == 0 or iteration == end:
             seconds += time.perf_counter() - clock
-            record = _evaluation(model, data, iteration, loss_sum / loss_count)
+            record = evaluation(model, data, iteration, loss_sum / loss_count)
             history.append(record)
             if checkpoint is not None and iteration < end:
                 atomic_save(checkpoint_state(model.state_dict(), optimizer.state_dict(),

@@ -237,7 +237,7 @@ def _start(study: Study, swept: dict, trial_id: str,
     of the trial's last checkpoint, and their reporter."""
     checkpoint = tune.get_checkpoint()
     members = []
-    several = len(study.members(trial_id, swept)) > 1
+    several = bool(study.seeds)  # then one kit part and one seed per run, even for one seed
     with (checkpoint.as_directory() if checkpoint is not None
           else contextlib.nullcontext(None)) as kit:
         for member_id, values in study.members(trial_id, swept):
