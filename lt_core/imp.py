@@ -457,9 +457,13 @@ class ImpRun:
 
         measured = ANALYSES[analysis](AnalysisInputs(
             self.config, self.data, name, masks, final, result, train_copy,
-            derived_seed(self.config.seed, level, sublevel, name, analysis), folder))
+            self._analysis_seed(level, sublevel, name, analysis), folder))
         atomic_write_json(measured, analysis_result_file(folder))
         return measured
+
+    def _analysis_seed(self, level: int, sublevel: int, name: str, analysis: str) -> int:
+        """The seed an analysis of one network at one point gets (its copy's data order)."""
+        return derived_seed(self.config.seed, level, sublevel, name, analysis)
 
     def _network_start(self, level: int, sublevel: int, name: str) -> dict:
         """The weights a network of a point trains from (the ticket's or a control's, which is
@@ -597,7 +601,7 @@ class ImpRun:
                                          self._masks_for(level, sublevel)).masks)
             model = self._model_from(self._network_start(level, sublevel, name))
             apply_masks(model, masks)
-            seed = derived_seed(self.config.seed, level, sublevel, name, analysis)
+            seed = self._analysis_seed(level, sublevel, name, analysis)
             task = self._task(level, sublevel, f"{name}/copy", model, masks, files.checkpoint,
                               seed=seed, from_rewind=True)
             tasks.append(self._storing(task, files))
