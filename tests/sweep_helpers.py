@@ -38,6 +38,13 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Comp
                           capture_output=True, timeout=timeout)
 
 
+def quickstart_sweep(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    """`lt-sweep run` of the quickstart study with ``args`` in ``tmp``; it must succeed."""
+    done = run_cli(["run", str(QUICKSTART), *args], cwd=tmp)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def sweep_runs(tracking_uri: str, experiment: str) -> tuple[list, list]:
     """(parent runs, trial runs) of an experiment."""
     import mlflow

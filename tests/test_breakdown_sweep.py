@@ -20,7 +20,7 @@ from lt_core.imp import run_records
 from lt_core.rundir import config_file
 from sweeps.cli import main
 from sweeps.report import build_report
-from tests.sweep_helpers import QUICKSTART, run_cli, small_sweep_args, sweep_runs
+from tests.sweep_helpers import quickstart_sweep, run_cli, small_sweep_args, sweep_runs
 
 LEVELS = 5
 
@@ -58,10 +58,9 @@ def _trial_dirs(tmp: Path) -> dict[tuple[str, int], Path]:
 @pytest.fixture(scope="module")
 def breaking_sweep(tmp_path_factory, npz_path: Path) -> Path:
     tmp = tmp_path_factory.mktemp("breaking")
-    done = run_cli(["run", str(QUICKSTART), *small_sweep_args(npz_path, tmp, levels=LEVELS),
-                    "--set", "space={pruning.rate: {grid: [0.75]}, seed: {grid: [0, 1]}, "
-                             "imp.control_levels: {grid: [all, breakdown]}}"], cwd=tmp)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = quickstart_sweep(tmp, *small_sweep_args(npz_path, tmp, levels=LEVELS),
+                            "--set", "space={pruning.rate: {grid: [0.75]}, seed: {grid: [0, 1]}, "
+                                     "imp.control_levels: {grid: [all, breakdown]}}")
     assert "[" in done.stdout.split("breakdown sparsity (%)")[1]  # estimates with intervals
     return tmp
 
@@ -197,10 +196,9 @@ def unbreakable_sweep(tmp_path_factory, npz_path: Path) -> Path:
     """Two levels at 50% (a quarter of the hidden weights left) cannot cost 20 points of
     accuracy: every seed stays within tolerance."""
     tmp = tmp_path_factory.mktemp("unbreakable")
-    done = run_cli(["run", str(QUICKSTART), *small_sweep_args(npz_path, tmp, levels=2),
-                    "--set", "space={pruning.rate: {grid: [0.5]}, seed: {grid: [0, 1]}}",
-                    "--set", "breakdown.tolerance=20"], cwd=tmp)
-    assert done.returncode == 0, done.stderr[-3000:]
+    quickstart_sweep(tmp, *small_sweep_args(npz_path, tmp, levels=2),
+                     "--set", "space={pruning.rate: {grid: [0.5]}, seed: {grid: [0, 1]}}",
+                     "--set", "breakdown.tolerance=20")
     return tmp
 
 

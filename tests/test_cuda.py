@@ -16,7 +16,7 @@ from lt_core.imp import ImpRun, describe_device
 from lt_core.masks import apply_masks, dense_masks
 from lt_core.models import build_model
 from lt_core.rundir import load_tensors, network_files, level_dir
-from tests.sweep_helpers import QUICKSTART, run_cli, small_sweep_args, sweep_runs
+from tests.sweep_helpers import quickstart_sweep, small_sweep_args, sweep_runs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA GPU on this machine")
@@ -95,9 +95,8 @@ def test_an_imp_run_on_the_gpu_resumes_and_records_its_device(tiny_config, tmp_p
 
 
 def test_a_sweep_shares_one_gpu_between_trials(tmp_path: Path, npz_path: Path) -> None:
-    done = run_cli(["run", str(QUICKSTART), *small_sweep_args(npz_path, tmp_path, levels=1),
-                    "--set", "base.device=cuda", "--set", "resources.gpu=0.5"], cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    quickstart_sweep(tmp_path, *small_sweep_args(npz_path, tmp_path, levels=1),
+                     "--set", "base.device=cuda", "--set", "resources.gpu=0.5")
     _, trials = sweep_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "quickstart")
     assert len(trials) == 4
     assert all(run.data.tags["lt.device"].startswith("cuda:") for run in trials)

@@ -14,7 +14,8 @@ from lt_core.levels import LevelRecord
 from lt_core.rundir import read_json
 from sweeps.study import load_study, trial_config
 from sweeps.trainable import REPORTED_FILE, _restore_resume_kit
-from tests.sweep_helpers import QUICKSTART, metric_steps, run_cli, small_sweep_args, sweep_runs
+from tests.sweep_helpers import (QUICKSTART, metric_steps, quickstart_sweep, run_cli,
+                                 small_sweep_args, sweep_runs)
 
 LEVELS = 2
 ONE_IMAGE = 1 / 500 + 1e-9  # the sweep's test split: 500 images
@@ -29,9 +30,7 @@ def seeds_args(npz: Path, tmp: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def seeds_sweep(tmp_path_factory, npz_path: Path):
     tmp = tmp_path_factory.mktemp("seeds")
-    done = run_cli(["run", str(QUICKSTART), *seeds_args(npz_path, tmp)], cwd=tmp)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return tmp, done
+    return tmp, quickstart_sweep(tmp, *seeds_args(npz_path, tmp))
 
 
 def test_one_trial_trains_every_seed_each_in_its_own_run(seeds_sweep, npz_path: Path) -> None:

@@ -17,8 +17,8 @@ import pytest
 from mlflow import MlflowClient
 
 from sweeps.layout import configuration_slug
-from tests.sweep_helpers import (QUICKSTART, free_port, metric_steps, run_cli, small_sweep_args,
-                                 sweep_runs, wait_for_http)
+from tests.sweep_helpers import (free_port, metric_steps, quickstart_sweep, run_cli,
+                                 small_sweep_args, sweep_runs, wait_for_http)
 
 LEVEL_METRICS = ("density", "sparsity", "test_acc", "best_test_acc", "test_loss", "train_loss",
                  "early_stop_iter", "reinit_test_acc")
@@ -27,9 +27,7 @@ LEVEL_METRICS = ("density", "sparsity", "test_acc", "best_test_acc", "test_loss"
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory, npz_path: Path):
     tmp = tmp_path_factory.mktemp("sweep")
-    done = run_cli(["run", str(QUICKSTART), *small_sweep_args(npz_path, tmp)], cwd=tmp)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return tmp, done
+    return tmp, quickstart_sweep(tmp, *small_sweep_args(npz_path, tmp))
 
 
 def test_sweep_logs_every_level_of_every_trial(finished_sweep) -> None:
