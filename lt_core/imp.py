@@ -141,6 +141,12 @@ class ImpRun:
         model.load_state_dict(state)
         return model.to(self.device)
 
+    def _masked_model(self, state: dict, masks: Masks) -> torch.nn.Module:
+        """A network from ``state`` with ``masks`` applied: what a training starts from."""
+        model = self._model_from(state)
+        apply_masks(model, masks)
+        return model
+
     def _load(self, path: Path):
         return load_tensors(path, self.device)
 
@@ -465,12 +471,16 @@ class ImpRun:
         """The seed an analysis of one network at one point gets (its copy's data order)."""
         return derived_seed(self.config.seed, level, sublevel, name, analysis)
 
-    def _network_start(self, level: int, sublevel: int, name: str) -> dict:
-        """The weights a network of a point trains from (the ticket's or a control's, which is
-        made from the ticket's start and masks)."""
+    def _network_start(self, level: int, sublevel: int, name: str,
+                       masks: Masks | None = None) -> tuple[dict, Masks]:
+        """The weights a network of a point trains from and its masks: the ticket's, or a
+        control's (made from the ticket's start and the point's ``masks``, read when not
+        given)."""
+        masks = self._masks_for(level, sublevel) if masks is None else masks
         if name == TICKET:
-            return self._ticket_start(level, sublevel)
-        return self._control_start(level, sublevel, name, self._masks_for(level, sublevel)).state
+            return self._ticket_start(level, sublevel), masks
+        start = self._control_start(level, sublevel, name, masks)
+        return start.state, start.masks
 
     def _train_copy(self, level: int, sublevel: int, name: str, masks: Masks, folder: Path,
                     seed: int) -> tuple[torch.nn.Module, TrainOutcome]:
@@ -484,9 +494,8 @@ class ImpRun:
             return model, TrainOutcome(**read_json(files.result), history=history)
         dense = level == 0 and sublevel == 0
         state = (self._load(rewind_file(self.out)) if dense else
-                 self._network_start(level, sublevel, name))
-        model = self._model_from(state)
-        apply_masks(model, masks)
+                 self._network_start(level, sublevel, name)[0])
+        model = self._masked_model(state, masks)
         # The dense network went through the rewind point with its optimizer's state; its copy
         # continues from that state (pruned levels restart both copies with a fresh optimizer).
         saved = rewind_optimizer_file(self.out)
@@ -502,8 +511,7 @@ class ImpRun:
         files = network_files(level_dir(self.out, level, sublevel), name)
         if files.result.exists() and files.final.exists():
             return read_json(files.result)
-        model = self._model_from(state)
-        apply_masks(model, masks)
+        model = self._masked_model(state, masks)
         outcome = self._train(level, sublevel, name, model, masks, files.checkpoint)
         self._store(files, model, outcome)
         return outcome.metrics()
@@ -573,13 +581,8 @@ class ImpRun:
         for name in networks:
             files = network_files(folder, name)
             if not (files.result.exists() and files.final.exists()):
-                if name == TICKET:
-                    start, net_masks = self._ticket_start(level, sublevel), masks
-                else:
-                    control = self._control_start(level, sublevel, name, masks)
-                    start, net_masks = control.state, control.masks
-                model = self._model_from(start)
-                apply_masks(model, net_masks)
+                start, net_masks = self._network_start(level, sublevel, name, masks)
+                model = self._masked_model(start, net_masks)
                 task = self._task(level, sublevel, name, model, net_masks, files.checkpoint)
                 tasks.append(self._storing(task, files))
             if (level or sublevel) and name in self.config.imp.analyses_on:
@@ -596,11 +599,8 @@ class ImpRun:
             if not trains_copy or analysis_result_file(folder).exists() or (
                     files.result.exists() and files.final.exists()):
                 continue
-            masks = (self._masks_for(level, sublevel) if name == TICKET else
-                     self._control_start(level, sublevel, name,
-                                         self._masks_for(level, sublevel)).masks)
-            model = self._model_from(self._network_start(level, sublevel, name))
-            apply_masks(model, masks)
+            start, masks = self._network_start(level, sublevel, name)
+            model = self._masked_model(start, masks)
             seed = self._analysis_seed(level, sublevel, name, analysis)
             task = self._task(level, sublevel, f"{name}/copy", model, masks, files.checkpoint,
                               seed=seed, from_rewind=True)
