@@ -115,9 +115,7 @@ class SweepConsole(Callback):
         target = trial.config.get("_refine")
         swept = dict(target["swept"]) if target else {
             k: v for k, v in trial.config.items() if not k.startswith("_")}
-        members = self.study.members(trial.trial_id, swept)
-        member_id, swept = next(((i, v) for i, v in members if v.get("seed") == seed),
-                                members[0])
+        member_id, swept = self.study.member(trial.trial_id, swept, seed)
         if member_id not in self.rows:
             levels = grid_levels(trial_config(self.study, swept))
             name = trial_label(swept, self.study.swept_keys + (["seed"] if self.study.seeds

@@ -201,6 +201,14 @@ class Study:
             return [(trial_id, swept)]
         return [(seed_member_id(trial_id, seed), {**swept, "seed": seed}) for seed in self.seeds]
 
+    def member(self, trial_id: str, swept: dict[str, Any],
+               seed: int | None = None) -> tuple[str, dict[str, Any]]:
+        """The run of a trial a result with ``seed`` is about (``members``; the first when no
+        seed is named)."""
+        members = self.members(trial_id, swept)
+        return next((m for m in members if seed is not None and m[1].get("seed") == seed),
+                    members[0])
+
     @property
     def swept_keys(self) -> list[str]:
         return sorted(self.space)

@@ -43,10 +43,11 @@ from lt_core.levels import LevelRecord, networks_in
 from lt_core.metrics import TICKET, metric_name
 from lt_core.rundir import analysis_curves, metrics_file, point_dirs
 from sweeps.layout import (CONFIG_TAG, DEVICE_RESULT, DEVICE_TAG, DIVERGED_TAG, METRIC_PARAM,
-                           PARENT_RUN_TAG, REFINE_FAILED_TAG, ROLE_TAG, RUN_DIR_TAG, RUN_NAME_TAG, SEED_RESULT,
-                           SWEEP_TAG, SYSTEM_PREFIX, TICKET_FROM_TAG, TOLERANCE_PARAM, TRIAL_TAG,
-                           WORKER_TAG, configuration_slug, divergence_tag, point_entries,
-                           point_of, records_from_history, seed_member_id, trial_label)
+                           PARENT_RUN_TAG, REFINE_FAILED_TAG, ROLE_TAG, RUN_DIR_TAG,
+                           RUN_NAME_TAG, SEED_RESULT, SWEEP_TAG, SYSTEM_PREFIX, TICKET_FROM_TAG,
+                           TOLERANCE_PARAM, TRIAL_TAG, WORKER_TAG, configuration_slug,
+                           divergence_tag, point_entries, point_of, records_from_history,
+                           trial_label)
 from sweeps.errors import ReportUnavailable
 from sweeps.mlflow_view import ensure_view, link_lines
 from sweeps.plots import accuracy_vs_density
@@ -684,23 +685,18 @@ class MlflowLevelLogger(Callback):
 
         self._try(write)
 
+    def _state(self, member_id: str, swept: dict[str, Any]) -> TrialRun:
+        if member_id not in self._trials:
+            self._trials[member_id] = TrialRun(member_id, swept)
+        return self._trials[member_id]
+
     def _trial(self, trial, seed: int | None = None) -> TrialRun:
         """The run of a trial (of one of its seeds, with ``base.seeds``)."""
-        trial_id, swept = trial_identity(trial)
-        members = dict(self.study.members(trial_id, swept))
-        member_id = trial_id if seed is None or not self.study.seeds else \
-            seed_member_id(trial_id, seed)
-        if member_id not in self._trials:
-            self._trials[member_id] = TrialRun(member_id, members[member_id])
-        return self._trials[member_id]
+        return self._state(*self.study.member(*trial_identity(trial), seed))
 
     def _trial_runs(self, trial) -> list[TrialRun]:
         """Every run of a trial: one, or one per seed."""
-        trial_id, swept = trial_identity(trial)
-        if not self.study.seeds:
-            return [self._trial(trial)]
-        return [self._trial(trial, values["seed"])
-                for _, values in self.study.members(trial_id, swept)]
+        return [self._state(*member) for member in self.study.members(*trial_identity(trial))]
 
     # ---- what tests and callers read -------------------------------------------------------
     def trial_run_id(self, trial, seed: int | None = None) -> str:

@@ -44,6 +44,11 @@ def one_run(trial_id: str, swept: dict) -> list[tuple[str, dict]]:
     return [(trial_id, swept)]
 
 
+def one_member(trial_id: str, swept: dict, seed: int | None = None) -> tuple[str, dict]:
+    """Study.member of such a study."""
+    return trial_id, swept
+
+
 def make_study(tmp_path: Path, name: str = "lenet-rate",
                metric: str = "test_acc") -> SimpleNamespace:
     """A stand-in for sweeps.study.Study with the attributes the logger reads."""
@@ -54,7 +59,7 @@ def make_study(tmp_path: Path, name: str = "lenet-rate",
     source.write_text(f"name: {name}\n")
     return SimpleNamespace(name=name, raw=raw, source_path=source, storage_path=tmp_path,
                            swept_keys=["pruning.rate", "seed"], space={}, seeds=[],
-                           members=one_run,
+                           members=one_run, member=one_member,
                            base_config=partial(resolve_config, None, {"imp.controls": ["reinit"]}),
                            breakdown=Breakdown(tolerance=1.0, metric=metric))
 
