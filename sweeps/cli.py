@@ -298,9 +298,12 @@ def entry() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()
+    runner = sys.modules.get("sweeps.runner")
+    if runner is not None and runner.RAY_STARTED.is_set():  # shut down already by _finish
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -21,6 +21,9 @@ from sweeps.trainable import REFINE_KEY, imp_trial, refine_trial, run_directory
 
 STUDY_FILE = "lt_study.yaml"  # the resolved study, kept with the results for `lt-sweep resume`
 REFINE_DIR = "refine"  # Tune's own state of the last `lt-sweep refine`, inside the results dir
+# Set once this process started or joined Ray: the command then leaves without the interpreter's
+# teardown (``sweeps.cli.entry``).
+RAY_STARTED = threading.Event()
 
 
 def experiment_dir(study: Study) -> Path:
@@ -42,10 +45,15 @@ def start_ray(address: str | None, verbose: bool = False) -> None:
         return
     options = {"log_to_driver": verbose, "logging_level": "INFO" if verbose else "ERROR"}
     address = address or os.environ.get("RAY_ADDRESS")
+    RAY_STARTED.set()
     if address:
         ray.init(address=address, **options)
     else:
-        ray.init(include_dashboard=False, **options)  # token: see sweeps.cli.ray_environment
+        # No idle workers prestarted: Tune's trial actors (with their own runtime_env) never use
+        # them, and on a small machine their start slows Ray's and the trials'.
+        ray.init(include_dashboard=False, **options,  # token: see sweeps.cli.ray_environment
+                 _system_config={"enable_worker_prestart": False,
+                                 "prestart_worker_first_driver": False})
     stop_on_signals()  # again: Ray's core replaced SIGTERM's with one that aborts the driver
 
 
