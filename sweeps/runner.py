@@ -128,12 +128,13 @@ class InBackground:
 
 
 def mlflow_logger(study: Study):
-    """The driver's MLflow logger, connected to the store, the experiment and the sweep's parent
-    run; it logs the sweep's summary in the background for a command that waits for it."""
+    """The driver's MLflow logger, connecting to the store, the experiment and the sweep's
+    parent run in the background; it logs the sweep's summary in the background for a command
+    that waits for it."""
     from sweeps.tracking import MlflowLevelLogger  # imports MLflow
 
     logger = MlflowLevelLogger(study, study.tracking_uri, study.experiment)
-    logger.connect()
+    logger.open_in_background()
     logger.background_summary = True  # the command waits for it (finish_summary)
     return logger
 

@@ -573,6 +573,8 @@ class MlflowLevelLogger(Callback):
         self.background_summary = False  # set by a caller that waits in finish_summary()
         self._summary: threading.Thread | None = None
         self.link_lines: list[str] = []  # the MLflow UI on this sweep, once connected
+        self._opening: threading.Thread | None = None  # open_in_background's connection
+        self._open_error: BaseException | None = None  # what it raised (not UNREACHABLE)
 
     # Tune pickles its RunConfig (with the callbacks): only the settings travel.
     def __getstate__(self) -> dict[str, Any]:
@@ -597,9 +599,38 @@ class MlflowLevelLogger(Callback):
 
     def connect(self) -> MlflowClient:
         """The MLflow client; on first use also the experiment and the sweep's parent run."""
+        self._opened(wait=True)
         if self._client is None:
             self._open()
         return self._client
+
+    def open_in_background(self) -> None:
+        """Connect in a thread (a new SQLite store takes seconds to create) while Tune starts
+        the trials: until it is done the hooks keep what trials report and write nothing (the
+        next turn of Tune's loop catches up). MLflow not answering is an outage like any other;
+        anything else connecting raised is raised by the next hook."""
+        def open_() -> None:
+            try:
+                self._try(self._open, now=True)
+            except BaseException as error:  # raised again by _opened, in Tune's thread
+                self._open_error = error
+
+        self._opening = threading.Thread(target=open_, name="mlflow-connect", daemon=True)
+        self._opening.start()
+
+    def _opened(self, wait: bool) -> bool:
+        """Whether no background connection is under way (waiting for it with ``wait``)."""
+        opening = self._opening
+        if opening is None:
+            return True
+        if not wait and opening.is_alive():
+            return False
+        opening.join()
+        self._opening = None
+        if self._open_error is not None:
+            error, self._open_error = self._open_error, None
+            raise error
+        return True
 
     @property
     def parent_run_id(self) -> str:
@@ -674,6 +705,8 @@ class MlflowLevelLogger(Callback):
         run is known; nothing while MLflow is left alone."""
         for state in self._trials.values():
             self._settle(state, wait=False)
+        if not self._opened(wait=False):
+            return
 
         def write() -> None:
             self.connect()
@@ -726,7 +759,8 @@ class MlflowLevelLogger(Callback):
 
     # ---- Tune's hooks ----------------------------------------------------------------------
     def setup(self, **info) -> None:
-        self._try(self.connect)
+        if self._opened(wait=False):
+            self._try(self.connect)
 
     def on_step_end(self, iteration, trials, **info) -> None:
         now = time.monotonic()

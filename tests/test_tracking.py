@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import pickle
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -402,3 +403,98 @@ def test_mlflow_down_at_the_sweeps_end_is_reported_not_raised(store, tmp_path, r
     outage.down = False
     run = MlflowClient(store).get_run(logger.trial_run_id(trial))
     assert run.info.status == "FINISHED"  # trial_run_id brought it up to date
+
+
+def test_trials_report_while_the_logger_connects_in_the_background(store, tmp_path, request,
+                                                                   monkeypatch):
+    """`lt-sweep run` starts Tune while the logger connects (a new SQLite store takes seconds):
+    no hook waits for the connection, and what the trial reported meanwhile is logged, each
+    level once, on Tune's next turn after it is made."""
+    connecting = threading.Event()
+    real = tracking.experiment_id_for
+
+    def slow_experiment_id(*args, **kwargs):
+        assert connecting.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tracking, "experiment_id_for", slow_experiment_id)
+    logger = MlflowLevelLogger(make_study(tmp_path), store, request.node.name,
+                               resolve_config=resolve_config)
+    logger.open_in_background()
+    trial = make_trial("trial_00000", 0.2, 0)
+
+    def hooks() -> None:
+        logger.setup()
+        logger.on_trial_start(0, [trial], trial)
+        for result in RESULTS:
+            logger.on_trial_result(0, [trial], trial, result)
+        logger.on_trial_complete(0, [trial], trial)
+        logger.on_step_end(0, [trial])
+
+    tune_loop = threading.Thread(target=hooks)
+    tune_loop.start()
+    tune_loop.join(5)
+    assert not tune_loop.is_alive()  # no hook waited for the connection
+    assert logger.unlogged() == "1 trial run"
+
+    connecting.set()
+    logger.connect()  # waits for the background connection
+    time.sleep(1.1)  # past the once-a-second check of Tune's loop
+    logger.on_step_end(0, [trial])
+    assert logger.error is None and logger.unlogged() is None and logger.outages == 0
+    client = MlflowClient(store)
+    run = client.get_run(logger.trial_run_id(trial))
+    assert run.info.status == "FINISHED"
+    assert steps(client, run.info.run_id, "test_acc") == [0, 1, 2, 3]
+    assert steps(client, run.info.run_id, "reinit_test_acc") == [1, 2, 3]
+    assert logger.link_lines
+
+
+def test_mlflow_down_while_the_logger_connects_is_an_outage(store, tmp_path, request,
+                                                            monkeypatch):
+    """A store that does not answer the background connection is an outage like any other:
+    the hooks do not raise, and the trial is logged once it answers."""
+    monkeypatch.setattr(tracking, "RETRY_SECONDS", 0.2)
+    outage = StoreOutage(monkeypatch)
+    outage.down = True
+    logger = MlflowLevelLogger(make_study(tmp_path), store, request.node.name,
+                               resolve_config=resolve_config)
+    logger.open_in_background()
+    logger._opening.join(10)  # the background connection, failed
+    assert logger.outages == 1 and "Connection refused" in tracking.short_reason(logger.error)
+    trial = make_trial("trial_00000", 0.2, 0)
+    logger.setup()
+    logger.on_trial_start(0, [trial], trial)
+    for result in RESULTS:
+        logger.on_trial_result(0, [trial], trial, result)
+    logger.on_trial_complete(0, [trial], trial)
+    outage.down = False
+    time.sleep(1.1)
+    logger.on_step_end(0, [trial])
+    assert logger.unlogged() is None
+    run = MlflowClient(store).get_run(logger.trial_run_id(trial))
+    assert run.info.status == "FINISHED"
+    assert steps(MlflowClient(store), run.info.run_id, "test_acc") == [0, 1, 2, 3]
+
+
+def test_an_error_while_connecting_is_raised_by_the_next_hook(store, tmp_path, request,
+                                                              monkeypatch):
+    """Anything but MLflow not answering (here an experiment lookup that fails once) is not
+    swallowed by the background connection: Tune's next hook raises it."""
+    real, calls = tracking.experiment_id_for, []
+
+    def broken(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise RuntimeError("the experiment lookup broke")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tracking, "experiment_id_for", broken)
+    logger = MlflowLevelLogger(make_study(tmp_path), store, request.node.name,
+                               resolve_config=resolve_config)
+    logger.open_in_background()
+    logger._opening.join(10)  # the background connection, failed
+    trial = make_trial("trial_00000", 0.2, 0)
+    with pytest.raises(RuntimeError, match="experiment lookup broke"):
+        logger.on_trial_start(0, [trial], trial)
+    assert logger.outages == 0
