@@ -16,6 +16,7 @@ Three figures:
 The speed-up is alone / sweep. The driver's cost is sweep / side by side.
 
 Run:  python benchmarks/sweep_overhead.py [--study search_spaces/quickstart.yaml] [--repeat N]
+          [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -76,8 +77,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", type=Path, default=REPO / "search_spaces" / "quickstart.yaml")
     parser.add_argument("--repeat", type=int, default=1, help="repeat each measurement (best)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a study value, as `lt-sweep run` "
+                        "does (e.g. base.train.length=12ep for longer trials)")
     args = parser.parse_args()
-    overrides = [f"base.data.path={NPZ}"]
+    overrides = [f"base.data.path={NPZ}", *args.overrides]
     from sweeps.study import load_study
 
     cpus = load_study(args.study, overrides).resources.cpu
@@ -99,7 +103,9 @@ def main() -> None:
                 f"--set=run.storage_path={work / f'lt_results{round_}'}", cwd=work))
             print(f"round {round_ + 1}: alone {sum(alone[-1]):.1f} s "
                   f"({' + '.join(f'{a:.1f}' for a in alone[-1])}), side by side "
-                  f"{pairs[-1]:.1f} s, sweep {sweeps[-1]:.1f} s", flush=True)
+                  f"{pairs[-1]:.1f} s, sweep {sweeps[-1]:.1f} s: speed-up "
+                  f"{sum(alone[-1]) / sweeps[-1]:.2f}x (ceiling {sum(alone[-1]) / pairs[-1]:.2f}x)",
+                  flush=True)
         best_alone, best_pair, best_sweep = (min(sum(a) for a in alone), min(pairs), min(sweeps))
         print(f"{len(paths)} trials of {args.study.stem}, {at_once} at a time (best of "
               f"{args.repeat}):")
