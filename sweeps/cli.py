@@ -299,11 +299,10 @@ def entry() -> None:
         print("interrupted", file=sys.stderr)
         code = 130
     runner = sys.modules.get("sweeps.runner")
-    if runner is not None and runner.RAY_STARTED.is_set():  # shut down already by _finish
+    if runner is not None and runner.RAY_STARTED.is_set():
         import ray
 
-        if ray.is_initialized():
-            ray.shutdown()
+        ray.shutdown()  # done already after a finished sweep; else also a half-started local Ray
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

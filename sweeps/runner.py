@@ -49,9 +49,10 @@ def start_ray(address: str | None, verbose: bool = False) -> None:
     if address:
         ray.init(address=address, **options)
     else:
+        # A new local Ray ("local": not a cluster `ray start` left running on this machine).
         # No idle workers prestarted: Tune's trial actors (with their own runtime_env) never use
         # them, and on a small machine their start slows Ray's and the trials'.
-        ray.init(include_dashboard=False, **options,  # token: see sweeps.cli.ray_environment
+        ray.init(address="local", include_dashboard=False, **options,  # token: ray_environment
                  _system_config={"enable_worker_prestart": False,
                                  "prestart_worker_first_driver": False})
     stop_on_signals()  # again: Ray's core replaced SIGTERM's with one that aborts the driver

@@ -804,7 +804,8 @@ class MlflowLevelLogger(Callback):
         self._summary_due = True
         if self.background_summary:
             # The caller shuts Ray down meanwhile, then waits in finish_summary().
-            self._summary = threading.Thread(target=self._summarise, name="mlflow-summary")
+            self._summary = threading.Thread(target=self._summarise_in_background,
+                                             name="mlflow-summary")
             self._summary.start()
         else:
             self._summarise()
@@ -821,6 +822,14 @@ class MlflowLevelLogger(Callback):
         deadline = time.monotonic() + END_WAIT_SECONDS
         while not self._try(self._finish_all, now=True) and time.monotonic() < deadline:
             time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+
+    def _summarise_in_background(self) -> None:
+        """``_summarise`` in its own thread: what it raises (e.g. what connecting raised) is kept
+        as the logger's error, which the command prints, rather than lost with the thread."""
+        try:
+            self._summarise()
+        except Exception as error:  # noqa: BLE001
+            self.error = error
 
     def _finish_all(self) -> None:
         self.connect()

@@ -460,7 +460,8 @@ def test_mlflow_down_while_the_logger_connects_is_an_outage(store, tmp_path, req
     logger = MlflowLevelLogger(make_study(tmp_path), store, request.node.name,
                                resolve_config=resolve_config)
     logger.open_in_background()
-    logger._opening.join(10)  # the background connection, failed
+    logger._opening.join(60)  # the background connection, failed
+    assert not logger._opening.is_alive()
     assert logger.outages == 1 and "Connection refused" in tracking.short_reason(logger.error)
     trial = make_trial("trial_00000", 0.2, 0)
     logger.setup()
@@ -493,8 +494,27 @@ def test_an_error_while_connecting_is_raised_by_the_next_hook(store, tmp_path, r
     logger = MlflowLevelLogger(make_study(tmp_path), store, request.node.name,
                                resolve_config=resolve_config)
     logger.open_in_background()
-    logger._opening.join(10)  # the background connection, failed
+    logger._opening.join(60)  # the background connection, failed
+    assert not logger._opening.is_alive()
     trial = make_trial("trial_00000", 0.2, 0)
     with pytest.raises(RuntimeError, match="experiment lookup broke"):
         logger.on_trial_start(0, [trial], trial)
     assert logger.outages == 0
+
+
+def test_an_error_connecting_that_surfaces_at_the_sweeps_end_is_kept(store, tmp_path, request,
+                                                                     monkeypatch):
+    """A sweep stopped before any hook ran: the background summary meets the connection's error;
+    the logger keeps it (the command prints it) and says the summary is not logged."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("the experiment lookup broke")
+
+    monkeypatch.setattr(tracking, "experiment_id_for", broken)
+    logger = MlflowLevelLogger(make_study(tmp_path), store, request.node.name,
+                               resolve_config=resolve_config)
+    logger.open_in_background()
+    logger.background_summary = True
+    logger.on_experiment_end([])
+    logger.finish_summary()
+    assert "experiment lookup broke" in str(logger.error)
+    assert logger.unlogged() == "the sweep's summary"
