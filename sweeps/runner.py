@@ -14,6 +14,7 @@ import yaml
 from lt_core.breakdown import grid_breakdown, refinement_plan
 from lt_core.config import ConfigError
 from lt_core.imp import run_records
+from sweeps.background import InBackground
 from sweeps.signals import stop_on_signals, tune_run_over
 from sweeps.study import (MAX_REFINE_STEPS, Study, check_networks, load_study,
                           refuse_refining_transfer)
@@ -104,28 +105,6 @@ def trainable_for(study: Study, function=imp_trial, **parameters):
     resources = {"cpu": study.resources.cpu, "gpu": study.resources.gpu}
     return tune.with_resources(tune.with_parameters(function, study=study, **parameters),
                                resources)
-
-
-class InBackground:
-    """A value made in a background thread while the driver starts Ray (MLflow's import and a new
-    SQLite store take seconds); ``result()`` waits for it and raises what making it raised."""
-
-    def __init__(self, make):
-        self._value, self._error = None, None
-        self._thread = threading.Thread(target=self._make, args=(make,), daemon=True)
-        self._thread.start()
-
-    def _make(self, make) -> None:
-        try:
-            self._value = make()
-        except BaseException as error:  # raised again by result(), in the caller's thread
-            self._error = error
-
-    def result(self):
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
 
 
 def mlflow_logger(study: Study):

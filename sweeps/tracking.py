@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from lt_core.breakdown import BreakdownRule, dense_accuracy, locate, trial_summa
 from lt_core.levels import LevelRecord, networks_in
 from lt_core.metrics import TICKET, metric_name
 from lt_core.rundir import analysis_curves, metrics_file, point_dirs
+from sweeps.background import InBackground
 from sweeps.layout import (CONFIG_TAG, DEVICE_RESULT, DEVICE_TAG, DIVERGED_TAG, METRIC_PARAM,
                            PARENT_RUN_TAG, REFINE_FAILED_TAG, ROLE_TAG, RUN_DIR_TAG,
                            RUN_NAME_TAG, SEED_RESULT, SWEEP_TAG, SYSTEM_PREFIX, TICKET_FROM_TAG,
@@ -571,10 +571,9 @@ class MlflowLevelLogger(Callback):
         self._summary_due = False  # the experiment ended; its summary is not logged yet
         self.report: Report | None = None  # the sweep's report, once the experiment ended
         self.background_summary = False  # set by a caller that waits in finish_summary()
-        self._summary: threading.Thread | None = None
+        self._summary: InBackground | None = None
         self.link_lines: list[str] = []  # the MLflow UI on this sweep, once connected
-        self._opening: threading.Thread | None = None  # open_in_background's connection
-        self._open_error: BaseException | None = None  # what it raised (not UNREACHABLE)
+        self._opening: InBackground | None = None  # open_in_background's connection
 
     # Tune pickles its RunConfig (with the callbacks): only the settings travel.
     def __getstate__(self) -> dict[str, Any]:
@@ -609,27 +608,18 @@ class MlflowLevelLogger(Callback):
         the trials: until it is done the hooks keep what trials report and write nothing (the
         next turn of Tune's loop catches up). MLflow not answering is an outage like any other;
         anything else connecting raised is raised by the next hook."""
-        def open_() -> None:
-            try:
-                self._try(self._open, now=True)
-            except BaseException as error:  # raised again by _opened, in Tune's thread
-                self._open_error = error
-
-        self._opening = threading.Thread(target=open_, name="mlflow-connect", daemon=True)
-        self._opening.start()
+        self._opening = InBackground(lambda: self._try(self._open, now=True),
+                                     name="mlflow-connect")
 
     def _opened(self, wait: bool) -> bool:
         """Whether no background connection is under way (waiting for it with ``wait``)."""
         opening = self._opening
         if opening is None:
             return True
-        if not wait and opening.is_alive():
+        if not opening.done(None if wait else 0.0):
             return False
-        opening.join()
         self._opening = None
-        if self._open_error is not None:
-            error, self._open_error = self._open_error, None
-            raise error
+        opening.result()  # raises what connecting raised (MLflow not answering: an outage)
         return True
 
     @property
@@ -804,17 +794,19 @@ class MlflowLevelLogger(Callback):
         self._summary_due = True
         if self.background_summary:
             # The caller shuts Ray down meanwhile, then waits in finish_summary().
-            self._summary = threading.Thread(target=self._summarise_in_background,
-                                             name="mlflow-summary")
-            self._summary.start()
+            self._summary = InBackground(self._summarise, name="mlflow-summary")
         else:
             self._summarise()
 
     def finish_summary(self) -> None:
-        """Wait for a summary started in the background."""
-        if self._summary is not None:
-            self._summary.join()
-            self._summary = None
+        """Wait for a summary started in the background; what it raised (e.g. what connecting
+        raised) is kept as the logger's error, which the command prints."""
+        summary, self._summary = self._summary, None
+        if summary is not None:
+            try:
+                summary.result()
+            except Exception as error:  # noqa: BLE001
+                self.error = error
 
     def _summarise(self) -> None:
         """Every trial's run up to date, then the sweep's report logged to the parent run, which
@@ -822,14 +814,6 @@ class MlflowLevelLogger(Callback):
         deadline = time.monotonic() + END_WAIT_SECONDS
         while not self._try(self._finish_all, now=True) and time.monotonic() < deadline:
             time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
-
-    def _summarise_in_background(self) -> None:
-        """``_summarise`` in its own thread: what it raises (e.g. what connecting raised) is kept
-        as the logger's error, which the command prints, rather than lost with the thread."""
-        try:
-            self._summarise()
-        except Exception as error:  # noqa: BLE001
-            self.error = error
 
     def _finish_all(self) -> None:
         self.connect()

@@ -460,8 +460,7 @@ def test_mlflow_down_while_the_logger_connects_is_an_outage(store, tmp_path, req
     logger = MlflowLevelLogger(make_study(tmp_path), store, request.node.name,
                                resolve_config=resolve_config)
     logger.open_in_background()
-    logger._opening.join(60)  # the background connection, failed
-    assert not logger._opening.is_alive()
+    assert logger._opening.done(60)  # the background connection, failed
     assert logger.outages == 1 and "Connection refused" in tracking.short_reason(logger.error)
     trial = make_trial("trial_00000", 0.2, 0)
     logger.setup()
@@ -494,8 +493,7 @@ def test_an_error_while_connecting_is_raised_by_the_next_hook(store, tmp_path, r
     logger = MlflowLevelLogger(make_study(tmp_path), store, request.node.name,
                                resolve_config=resolve_config)
     logger.open_in_background()
-    logger._opening.join(60)  # the background connection, failed
-    assert not logger._opening.is_alive()
+    assert logger._opening.done(60)  # the background connection, failed
     trial = make_trial("trial_00000", 0.2, 0)
     with pytest.raises(RuntimeError, match="experiment lookup broke"):
         logger.on_trial_start(0, [trial], trial)
