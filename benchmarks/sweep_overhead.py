@@ -15,6 +15,11 @@ Three figures:
 - the sweep.
 The speed-up is alone / sweep. The driver's cost is sweep / side by side.
 
+On Linux it also counts CPU seconds (user + system): of the side-by-side processes, and of the
+sweep's process tree split into the driver, Ray's own processes (GCS, raylet, dashboard, monitors,
+agents) and Ray's worker processes (the trials, their imports included). On a machine whose cores
+the trials fill, every extra CPU second of the sweep is wall time the trials lose.
+
 Run:  python benchmarks/sweep_overhead.py [--study search_spaces/quickstart.yaml] [--repeat N]
           [--set KEY=VALUE ...]
 """
@@ -24,9 +29,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -36,12 +43,78 @@ REPO = Path(__file__).resolve().parents[1]
 NPZ = REPO.parent / "shared" / "data" / "mnist-t10k-split.npz"
 
 
-def lt_sweep(*args: str, cwd: Path) -> float:
-    """Seconds for one `lt-sweep` command (it must succeed)."""
+PROC = Path("/proc")
+TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's finished (waited-for) children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class TreeCpu:
+    """CPU seconds of a process and its descendants, by kind, read from /proc every 0.2 s while
+    it runs (the last reading of each process counts: up to 0.2 s of each is missed)."""
+
+    def __init__(self, root: int):
+        self.root, self.seen = root, {}  # pid -> (kind, cpu seconds)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        totals = {"driver": 0.0, "Ray's own processes": 0.0, "Ray workers (trials)": 0.0}
+        for kind, cpu in self.seen.values():
+            totals[kind] += cpu
+        return totals
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.2):
+            stats = {}
+            for entry in PROC.iterdir():
+                if entry.name.isdigit():
+                    try:
+                        raw = (entry / "stat").read_text()
+                    except OSError:
+                        continue
+                    fields = raw[raw.rindex(")") + 2:].split()  # after the command's name
+                    stats[int(entry.name)] = (int(fields[1]),
+                                              (int(fields[11]) + int(fields[12])) / TICKS)
+            tree, grew = {self.root}, True
+            while grew:
+                found = {pid for pid, (ppid, _) in stats.items() if ppid in tree} - tree
+                grew, tree = bool(found), tree | found
+            for pid in tree & stats.keys():
+                self.seen[pid] = (self._kind(pid), stats[pid][1])
+
+    def _kind(self, pid: int) -> str:
+        if pid == self.root:
+            return "driver"
+        if pid in self.seen and self.seen[pid][0] != "Ray's own processes":
+            return self.seen[pid][0]
+        try:
+            command = (PROC / str(pid) / "cmdline").read_bytes().split(b"\0")[0].decode()
+        except OSError:
+            return "Ray's own processes"
+        if command.startswith("ray::") and not command.startswith(AGENTS):
+            return "Ray workers (trials)"
+        return "Ray's own processes"
+
+
+def lt_sweep(*args: str, cwd: Path) -> tuple[float, dict[str, float]]:
+    """Seconds for one `lt-sweep` command (it must succeed), and its CPU seconds by kind (none
+    where there is no /proc)."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "sweeps.cli", *args], cwd=cwd, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    process = subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], cwd=cwd,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tree = TreeCpu(process.pid) if PROC.is_dir() else None
+    if process.wait():
+        raise RuntimeError(f"lt-sweep {args[0]} failed")
+    return time.perf_counter() - started, tree.stop() if tree else {}
 
 
 def side_by_side(paths: list[Path], at_once: int, cwd: Path) -> float:
@@ -95,17 +168,25 @@ def main() -> None:
         alone, pairs, sweeps = [], [], []
         for round_ in range(args.repeat):
             alone.append([lt_sweep("imp", str(p), "--out", str(work / f"alone{round_}_{p.stem}"),
-                                   cwd=work) for p in paths])
+                                   cwd=work)[0] for p in paths])
+            cpu_before = children_cpu()
             pairs.append(side_by_side(paths, at_once, work))
-            sweeps.append(lt_sweep(
+            pair_cpu = children_cpu() - cpu_before
+            seconds, sweep_cpu = lt_sweep(
                 "run", str(args.study), *(f"--set={o}" for o in overrides),
                 f"--set=tracking.uri=sqlite:///{work / f'mlflow{round_}.db'}",
-                f"--set=run.storage_path={work / f'lt_results{round_}'}", cwd=work))
+                f"--set=run.storage_path={work / f'lt_results{round_}'}", cwd=work)
+            sweeps.append(seconds)
             print(f"round {round_ + 1}: alone {sum(alone[-1]):.1f} s "
                   f"({' + '.join(f'{a:.1f}' for a in alone[-1])}), side by side "
                   f"{pairs[-1]:.1f} s, sweep {sweeps[-1]:.1f} s: speed-up "
                   f"{sum(alone[-1]) / sweeps[-1]:.2f}x (ceiling {sum(alone[-1]) / pairs[-1]:.2f}x)",
                   flush=True)
+            if sweep_cpu:
+                print(f"  CPU seconds: side by side {pair_cpu:.1f}; sweep "
+                      f"{sum(sweep_cpu.values()):.1f} = "
+                      + " + ".join(f"{kind} {cpu:.1f}" for kind, cpu in sweep_cpu.items()),
+                      flush=True)
         best_alone, best_pair, best_sweep = (min(sum(a) for a in alone), min(pairs), min(sweeps))
         print(f"{len(paths)} trials of {args.study.stem}, {at_once} at a time (best of "
               f"{args.repeat}):")
