@@ -56,7 +56,8 @@ def children_cpu() -> float:
 
 class TreeCpu:
     """CPU seconds of a process and its descendants, by kind, read from /proc every 0.2 s while
-    it runs (the last reading of each process counts: up to 0.2 s of each is missed)."""
+    it runs (the last reading of each process counts: up to 0.2 s of each is missed; the reading
+    itself costs about 1% of one core)."""
 
     def __init__(self, root: int):
         self.root, self.seen = root, {}  # pid -> (kind, cpu seconds)
@@ -94,6 +95,8 @@ class TreeCpu:
     def _kind(self, pid: int) -> str:
         if pid == self.root:
             return "driver"
+        # A worker starts as a plain `python default_worker.py` and only then names itself
+        # `ray::...`: a process not yet seen as a worker is looked at again.
         if pid in self.seen and self.seen[pid][0] != "Ray's own processes":
             return self.seen[pid][0]
         try:
@@ -105,13 +108,13 @@ class TreeCpu:
         return "Ray's own processes"
 
 
-def lt_sweep(*args: str, cwd: Path) -> tuple[float, dict[str, float]]:
-    """Seconds for one `lt-sweep` command (it must succeed), and its CPU seconds by kind (none
-    where there is no /proc)."""
+def lt_sweep(*args: str, cwd: Path, count_cpu: bool = False) -> tuple[float, dict[str, float]]:
+    """Seconds for one `lt-sweep` command (it must succeed), and with ``count_cpu`` its CPU
+    seconds by kind (none where there is no /proc)."""
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], cwd=cwd,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tree = TreeCpu(process.pid) if PROC.is_dir() else None
+    tree = TreeCpu(process.pid) if count_cpu and PROC.is_dir() else None
     if process.wait():
         raise RuntimeError(f"lt-sweep {args[0]} failed")
     return time.perf_counter() - started, tree.stop() if tree else {}
@@ -175,7 +178,8 @@ def main() -> None:
             seconds, sweep_cpu = lt_sweep(
                 "run", str(args.study), *(f"--set={o}" for o in overrides),
                 f"--set=tracking.uri=sqlite:///{work / f'mlflow{round_}.db'}",
-                f"--set=run.storage_path={work / f'lt_results{round_}'}", cwd=work)
+                f"--set=run.storage_path={work / f'lt_results{round_}'}", cwd=work,
+                count_cpu=True)
             sweeps.append(seconds)
             print(f"round {round_ + 1}: alone {sum(alone[-1]):.1f} s "
                   f"({' + '.join(f'{a:.1f}' for a in alone[-1])}), side by side "
