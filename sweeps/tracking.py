@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -565,6 +566,7 @@ class MlflowLevelLogger(Callback):
         self._parent_run_id: str | None = None
         self._trials: dict[str, TrialRun] = {}  # Ray trial id -> its run
         self._retry_at = 0.0  # MLflow is left alone until then (monotonic clock)
+        self._failed_at = -math.inf  # when a write last failed (monotonic clock)
         self._next_step_check = 0.0
         self.error: BaseException | None = None  # the last failure, while unresolved
         self.outages = 0  # times MLflow stopped answering
@@ -586,6 +588,7 @@ class MlflowLevelLogger(Callback):
 
     # ---- MLflow, when it answers -----------------------------------------------------------
     def _open(self) -> None:
+        started = time.monotonic()
         short_retries()
         client = MlflowClient(self.tracking_uri)
         self._experiment_id = experiment_id_for(client, self.experiment_name, self.tracking_uri)
@@ -594,7 +597,7 @@ class MlflowLevelLogger(Callback):
                           self.rule.metric, self.study.name, sweep_analysed(self.study))
         self.link_lines = link_lines(self.tracking_uri, self._experiment_id, key)
         self._client = client
-        self._answered()
+        self._answered(started)
 
     def connect(self) -> MlflowClient:
         """The MLflow client; on first use also the experiment and the sweep's parent run."""
@@ -633,7 +636,8 @@ class MlflowLevelLogger(Callback):
         if self.error is None:
             self.outages += 1
         self.error = error
-        self._retry_at = time.monotonic() + RETRY_SECONDS
+        self._failed_at = time.monotonic()
+        self._retry_at = self._failed_at + RETRY_SECONDS
 
     def _try(self, write: Callable[[], None], now: bool = False) -> bool:
         """Run MLflow writes unless MLflow failed less than RETRY_SECONDS ago (or ``now``); a
@@ -647,9 +651,13 @@ class MlflowLevelLogger(Callback):
             return False
         return True
 
-    def _answered(self) -> None:
-        """MLflow took a write: a later failure is a new outage."""
-        self.error = None
+    def _answered(self, started: float) -> None:
+        """MLflow took a write begun at ``started``: a later failure is a new outage. Unless the
+        write was begun before the last failure: a server going down still answers the requests
+        it already had (in the writer thread while this one failed), which says nothing of
+        whether it answers now."""
+        if started > self._failed_at:
+            self.error = None
 
     def _params(self, swept: dict[str, Any]) -> Callable[[], dict[str, Any]]:
         return lambda: flatten(self.resolve_config(self.study, swept).model_dump(mode="json"))
@@ -663,6 +671,7 @@ class MlflowLevelLogger(Callback):
 
     def _write(self, state: TrialRun) -> None:
         """Bring one trial's run up to date, synchronously (``write_trial_run``)."""
+        started = time.monotonic()
         client = self.connect()
         if state.logged is None or state.status is not None:
             self._settle(state, wait=True)  # what is read back or summarised has landed
@@ -670,18 +679,19 @@ class MlflowLevelLogger(Callback):
             writer().submit(lambda: None).result()
         write_trial_run(client, self._experiment_id, self._parent_run_id, self.study, state,
                         self.rule, self._params(state.swept), reopen_run=True)
-        self._answered()
+        self._answered(started)
 
     def _log_async(self, run_id: str, entries: list[tuple[str, int, float]]) -> None:
         """In the writer thread: skipped while MLflow is left alone."""
-        if time.monotonic() < self._retry_at:
+        started = time.monotonic()
+        if started < self._retry_at:
             raise MlflowUnreachable("MLflow did not answer a moment ago")
         try:
             log_entries(self._client, run_id, entries)
         except UNREACHABLE as error:
             self._failed(error)
             raise
-        self._answered()
+        self._answered(started)
 
     def _submit(self, state: TrialRun) -> None:
         """Log the trial's new values asynchronously (the driver answers the trial at once)."""
@@ -816,6 +826,7 @@ class MlflowLevelLogger(Callback):
             time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
     def _finish_all(self) -> None:
+        started = time.monotonic()
         self.connect()
         for state in self._trials.values():
             self._settle(state, wait=True)
@@ -834,4 +845,4 @@ class MlflowLevelLogger(Callback):
             self.report = report
         self._client.set_terminated(self._parent_run_id, "FINISHED")
         self._summary_due = False
-        self._answered()
+        self._answered(started)

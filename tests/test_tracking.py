@@ -18,6 +18,7 @@ from ray.tune.experiment import Trial
 
 from lt_core.config import config_from_dict
 from sweeps import tracking
+from sweeps.layout import WORKER_TAG
 from sweeps.report import build_report
 from sweeps.study import Breakdown
 from sweeps.tracking import (MlflowLevelLogger, config_label, ensure_child_run, ensure_parent_run,
@@ -325,22 +326,23 @@ class StoreOutage:
     connections."""
 
     def __init__(self, monkeypatch):
-        from mlflow.exceptions import MlflowException
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
         self.down = False
-
-        def failing(method):
-            def call(*args, **kwargs):
-                if self.down:
-                    raise MlflowException("API request to http://127.0.0.1:5000 failed with "
-                                          "exception ... [Errno 111] Connection refused'))")
-                return method(*args, **kwargs)
-            return call
-
         for name, method in vars(SqlAlchemyStore).items():
             if not name.startswith("_") and inspect.isfunction(method):
-                monkeypatch.setattr(SqlAlchemyStore, name, failing(method))
+                monkeypatch.setattr(SqlAlchemyStore, name, self.wrap(method))
+
+    def wrap(self, method):
+        """``method``, failing while ``down``."""
+        from mlflow.exceptions import MlflowException
+
+        def call(*args, **kwargs):
+            if self.down:
+                raise MlflowException("API request to http://127.0.0.1:5000 failed with "
+                                      "exception ... [Errno 111] Connection refused'))")
+            return method(*args, **kwargs)
+        return call
 
 
 def one_trial_started(store, tmp_path, request, monkeypatch):
@@ -384,6 +386,54 @@ def test_what_mlflow_missed_is_logged_once_it_answers(store, tmp_path, request, 
     logger.on_experiment_end([trial])
     assert logger.unlogged() is None and logger.report is not None
     assert client.get_run(logger.parent_run_id).info.status == "FINISHED"
+
+
+def test_a_request_answered_while_the_server_goes_down_does_not_end_the_outage(
+        store, tmp_path, request, monkeypatch):
+    """A server going down still answers the requests it already had: a level whose log was
+    under way in the writer thread when a write failed, answered after that failure, does not
+    make MLflow answering again, so the next failure is the same outage, not a second one."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    monkeypatch.setattr(tracking, "RETRY_SECONDS", 0.2)
+    answering = SqlAlchemyStore.log_batch
+    outage, logger, trial = one_trial_started(store, tmp_path, request, monkeypatch)
+    logger.on_trial_result(0, [trial], trial, RESULTS[0])
+    tracking.writer().submit(lambda: None).result(timeout=30)  # level 0 has landed
+
+    in_flight, release = threading.Event(), threading.Event()
+
+    def held(self, *args, **kwargs):  # done while the server answered; its answer comes later
+        done = answering(self, *args, **kwargs)
+        in_flight.set()
+        assert release.wait(30)
+        return done
+
+    monkeypatch.setattr(SqlAlchemyStore, "log_batch", held)
+    logger.on_trial_result(0, [trial], trial, RESULTS[1])  # logged in the writer thread
+    assert in_flight.wait(30)
+    monkeypatch.setattr(SqlAlchemyStore, "log_batch", outage.wrap(answering))  # held: only one
+    outage.down = True
+    # A worker tag to set makes the trial's run written at once, in this thread: it fails.
+    where = {"pid": 4242, "hostname": "node", "node_ip": "10.0.0.2"}
+    logger.on_trial_result(0, [trial], trial, {**RESULTS[2], **where})
+    assert logger.outages == 1
+    release.set()
+    tracking.writer().submit(lambda: None).result(timeout=30)  # the held level was answered
+    assert logger.outages == 1 and logger.error is not None, "the outage is not over"
+
+    time.sleep(0.3)  # past RETRY_SECONDS: the next write is tried, and fails
+    logger.on_trial_result(0, [trial], trial, {**RESULTS[3], **where})
+    assert logger.outages == 1, "one outage counted twice"
+
+    outage.down = False
+    time.sleep(1.1)
+    logger.on_step_end(0, [trial])
+    assert logger.unlogged() is None and logger.error is None and logger.outages == 1
+    client = MlflowClient(store)
+    run = client.get_run(logger.trial_run_id(trial))
+    assert steps(client, run.info.run_id, "test_acc") == [0, 1, 2, 3]
+    assert run.data.tags[WORKER_TAG] == "node (10.0.0.2) pid 4242"
 
 
 def test_mlflow_down_at_the_sweeps_end_is_reported_not_raised(store, tmp_path, request,
