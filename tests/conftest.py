@@ -8,7 +8,10 @@ absent (a skipped suite would pass without testing anything).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -63,3 +66,14 @@ def tiny_config(npz_path: Path):
         return config_from_dict(deep_merge(raw, changes or {}), source="test")
 
     return make
+
+
+@pytest.fixture
+def ray_temp_dir() -> Iterator[Path]:
+    """A Ray temp dir with a short path (Ray's unix socket paths inside it must stay under 107
+    bytes, which pytest's tmp_path can exceed), removed after the test."""
+    temp = Path(tempfile.mkdtemp(prefix="lt-ray-", dir="/tmp"))
+    try:
+        yield temp
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)

@@ -6,8 +6,6 @@ uninterrupted run. A real SIGKILL at several moments of `lt-sweep imp` is in tes
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 import lt_core.rundir as rundir

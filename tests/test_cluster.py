@@ -20,12 +20,10 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -167,12 +165,6 @@ def http_ok(url: str) -> bool:
         return False
 
 
-def short_temp_dir() -> Path:
-    """A Ray temp dir with a short path (Ray's unix socket paths inside it must stay under 107
-    bytes, which pytest's tmp_path can exceed)."""
-    return Path(tempfile.mkdtemp(prefix="lt-ray-", dir="/tmp"))
-
-
 # --------------------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
@@ -198,16 +190,15 @@ def mlflow_server(tmp_path_factory) -> Iterator[SimpleNamespace]:
 
 
 @pytest.fixture
-def ray_cluster(tmp_path) -> Iterator[SimpleNamespace]:
+def ray_cluster(tmp_path, ray_temp_dir) -> Iterator[SimpleNamespace]:
     """A two-node Ray cluster on this machine (head and worker, 1 CPU each, each node with its own
     temp dir), token authentication on with a fresh token (nothing read or written in ~/.ray)."""
-    temp = short_temp_dir()
-    processes = Processes(tmp_path / "ray_logs", temp_dir=temp)
+    processes = Processes(tmp_path / "ray_logs", temp_dir=ray_temp_dir)
     token = secrets.token_hex(32)
     env = processes.env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     port = free_port("")
     address = f"127.0.0.1:{port}"
-    node_dirs = {"head": temp / "head", "worker": temp / "worker"}
+    node_dirs = {"head": ray_temp_dir / "head", "worker": ray_temp_dir / "worker"}
     common = ["--num-cpus=1", "--object-store-memory=100000000", "--disable-usage-stats"]
     try:
         code, out = processes.run(
@@ -223,10 +214,7 @@ def ray_cluster(tmp_path) -> Iterator[SimpleNamespace]:
         yield SimpleNamespace(address=address, env=env, processes=processes,
                               node_dirs=node_dirs)
     finally:
-        try:
-            processes.kill_all()
-        finally:
-            shutil.rmtree(temp, ignore_errors=True)
+        processes.kill_all()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -330,12 +318,12 @@ def test_cluster_yaml_passes_ray_validation() -> None:
 
 
 @pytest.mark.slow
-def test_sweep_logs_to_mlflow_server(mlflow_server, npz_path: Path, tmp_path: Path) -> None:
+def test_sweep_logs_to_mlflow_server(mlflow_server, npz_path: Path, tmp_path: Path,
+                                    ray_temp_dir: Path) -> None:
     """A local-Ray sweep logs over HTTP to a tracking server: one parent and two trial runs, each
     level once, summaries, and plots stored by the server's artifact proxy; `lt-sweep report`
     reads the server back."""
-    temp = short_temp_dir()
-    processes = Processes(tmp_path / "logs", temp_dir=temp)
+    processes = Processes(tmp_path / "logs", temp_dir=ray_temp_dir)
     env = processes.env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     try:
         code, out = processes.run(
@@ -349,10 +337,7 @@ def test_sweep_logs_to_mlflow_server(mlflow_server, npz_path: Path, tmp_path: Pa
             env, "report.log", timeout=120, cwd=tmp_path)
         assert code == 0, report[-4000:]
     finally:
-        try:
-            processes.kill_all()
-        finally:
-            shutil.rmtree(temp, ignore_errors=True)
+        processes.kill_all()
 
     client = MlflowClient(mlflow_server.url)
     parent, trials = sweep_runs(client, "quickstart")

@@ -9,7 +9,6 @@ import os
 import pickle
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -94,9 +93,9 @@ ray.shutdown()
 
 
 @pytest.mark.slow
-def test_the_local_ray_requires_a_token_and_has_no_dashboard(tmp_path) -> None:
+def test_the_local_ray_requires_a_token_and_has_no_dashboard(ray_temp_dir) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="lt-ray-", dir="/tmp")
+    env["RAY_TMPDIR"] = str(ray_temp_dir)
     driver = subprocess.Popen([sys.executable, "-c", PROBE], cwd=REPO, env=env, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL)

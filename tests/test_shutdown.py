@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -40,9 +39,8 @@ def levels_logged(db: Path) -> int:
         return 0
 
 
-def start_sweep(tmp: Path, npz: Path, marker: str) -> subprocess.Popen:
-    env = {**os.environ, "LT_TEST_MARKER": marker,
-           "RAY_TMPDIR": tempfile.mkdtemp(prefix="lt-ray-", dir="/tmp")}
+def start_sweep(tmp: Path, npz: Path, marker: str, ray_temp: Path) -> subprocess.Popen:
+    env = {**os.environ, "LT_TEST_MARKER": marker, "RAY_TMPDIR": str(ray_temp)}
     return subprocess.Popen(
         [sys.executable, "-m", "sweeps.cli", "run", str(QUICKSTART),
          *small_sweep_args(npz, tmp, levels=LEVELS)],
@@ -59,10 +57,10 @@ def wait_gone(marker: str, timeout: float) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
-def test_a_signal_stops_the_sweep_cleanly_and_resume_finishes_it(tmp_path, npz_path,
-                                                                 signum) -> None:
+def test_a_signal_stops_the_sweep_cleanly_and_resume_finishes_it(tmp_path, npz_path, signum,
+                                                                 ray_temp_dir) -> None:
     marker = uuid.uuid4().hex
-    sweep = start_sweep(tmp_path, npz_path, marker)
+    sweep = start_sweep(tmp_path, npz_path, marker, ray_temp_dir)
     deadline = time.monotonic() + 180
     while levels_logged(tmp_path / "mlflow.db") < 3:  # trials are running
         assert sweep.poll() is None, sweep.communicate()
