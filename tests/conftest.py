@@ -15,9 +15,16 @@ from typing import Iterator
 
 import numpy as np
 import pytest
+import torch
 
 from lt_core.config import DataConfig, ExperimentConfig, config_from_dict, deep_merge
 from lt_core.data import TensorData, load_dataset
+
+# Two test processes run side by side (pytest-xdist, `-n 2` in pyproject.toml): each trains with
+# one torch thread, and so do the processes it starts. With torch's default of a thread per core,
+# two processes on 2 cores spin-waited for each other (the suite took 1.6x longer, not less).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 NPZ_PATH = Path(os.environ.get("LT_TEST_NPZ",
@@ -77,3 +84,4 @@ def ray_temp_dir() -> Iterator[Path]:
         yield temp
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+

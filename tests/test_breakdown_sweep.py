@@ -22,6 +22,8 @@ from sweeps.cli import main
 from sweeps.report import build_report
 from tests.sweep_helpers import quickstart_sweep, run_cli, small_sweep_args, sweep_runs
 
+pytestmark = pytest.mark.slow  # each test runs `lt-sweep` end to end, or reads such a run
+
 LEVELS = 5
 
 

@@ -389,8 +389,12 @@ def test_sweep_on_two_node_ray_cluster(ray_cluster, mlflow_server, npz_path: Pat
     assert not results.exists()
     assert MlflowClient(mlflow_server.url).get_experiment_by_name("too_big") is None
 
+    # 6 epochs: a trial outlasts the start of a worker process on the other node even on busy
+    # cores. With 1 epoch (8 s for the sweep with 4 busy loops beside it) the head's trial ended
+    # before the worker node's process was up, and Tune gave its actor to the other trial.
     code, out = processes.run(
-        [*sweep_args(npz_path, "name=quickstart_cluster", f"tracking.uri={mlflow_server.url}",
+        [*sweep_args(npz_path, "name=quickstart_cluster", "base.train.length=6ep",
+                     f"tracking.uri={mlflow_server.url}",
                      f"run.storage_path={results}"), "--address", ray_cluster.address],
         env, "sweep.log", timeout=240, cwd=tmp_path)
     assert code == 0, out[-6000:]

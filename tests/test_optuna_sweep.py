@@ -29,6 +29,7 @@ def test_searcher_uses_the_chosen_sampler(sampler, objective, expected) -> None:
     assert searcher.metric == (objectives if len(objectives) > 1 else objectives[0])
 
 
+@pytest.mark.slow
 def test_two_objective_optuna_sweep_with_breakdown_stopping_and_refinement(
         tmp_path: Path, npz_path) -> None:
     """Optuna picks the rates; each trial stops pruning two levels after its ticket broke down

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -51,6 +52,7 @@ def _results(out: Path) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_metrics(tmp_path: Path, npz_path: Path) -> None:
     config_file = tmp_path / "experiment.yaml"
     config = {**CONFIG, "data": {**CONFIG["data"], "path": str(npz_path)}}

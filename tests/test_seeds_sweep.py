@@ -17,6 +17,8 @@ from sweeps.trainable import REPORTED_FILE, _restore_resume_kit
 from tests.sweep_helpers import (QUICKSTART, metric_steps, quickstart_sweep, run_cli,
                                  small_sweep_args, sweep_runs)
 
+pytestmark = pytest.mark.slow  # each test runs `lt-sweep` end to end, or reads such a run
+
 LEVELS = 2
 ONE_IMAGE = 1 / 500 + 1e-9  # the sweep's test split: 500 images
 

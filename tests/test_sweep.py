@@ -20,6 +20,8 @@ from sweeps.layout import configuration_slug
 from tests.sweep_helpers import (free_port, metric_steps, quickstart_sweep, run_cli,
                                  small_sweep_args, sweep_runs, wait_for_http)
 
+pytestmark = pytest.mark.slow  # each test runs `lt-sweep` end to end, or reads such a run
+
 LEVEL_METRICS = ("density", "sparsity", "test_acc", "best_test_acc", "test_loss", "train_loss",
                  "early_stop_iter", "reinit_test_acc")
 

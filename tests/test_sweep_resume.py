@@ -9,7 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.sweep_helpers import QUICKSTART, metric_steps, run_cli, small_sweep_args, sweep_runs
+
+pytestmark = pytest.mark.slow  # each test runs `lt-sweep` end to end, or reads such a run
 
 LEVELS = 4
 
