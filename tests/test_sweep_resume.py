@@ -1,48 +1,104 @@
-"""An interrupted sweep resumed with `lt-sweep resume` ends with the same child runs and every
-level logged exactly once."""
+"""Kills from outside, as a machine or an operator does them: a trial's worker process SIGKILLed
+mid-level is restarted by Tune from its last finished level; then the driver and every process
+of the sweep are SIGKILLed (nothing runs its shutdown). `lt-sweep resume` finishes the sweep with
+the same child runs and every level logged exactly once. (Ctrl-C and SIGTERM, which stop the
+sweep cleanly, are in test_shutdown.py.)"""
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.sweep_helpers import QUICKSTART, metric_steps, run_cli, small_sweep_args, sweep_runs
+from tests.sweep_helpers import (QUICKSTART, live_pids, metric_steps, run_cli, small_sweep_args,
+                                 sweep_runs)
 
 pytestmark = pytest.mark.slow  # each test runs `lt-sweep` end to end, or reads such a run
 
 LEVELS = 4
 
 
-def _interrupt_after_first_checkpoints(args: list[str], cwd: Path, results: Path) -> None:
-    driver = subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], cwd=cwd,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while len(list(results.glob("*/checkpoint_000001"))) < 1:
-        assert driver.poll() is None, "the sweep ended before it could be interrupted"
-        assert time.monotonic() < deadline, "no trial reached level 1"
+def of_the_sweep(marker: str, trials_only: bool = False) -> list[int]:
+    """Live processes carrying the sweep's marker in their environment (with ``trials_only``,
+    only Tune's trial actors: ``ray::ImplicitFunc``)."""
+    tag = f"LT_TEST_MARKER={marker}".encode()
+    return live_pids(lambda cmdline, environ: tag in environ and (
+        not trials_only or cmdline.startswith(b"ray::ImplicitFunc")))
+
+
+def checkpoints(results: Path) -> dict[str, int]:
+    """Each trial directory's highest Tune checkpoint index (one checkpoint per level)."""
+    found: dict[str, int] = {}
+    for path in results.glob("*/checkpoint_*"):
+        match = re.fullmatch(r"checkpoint_(\d+)", path.name)
+        if match:
+            found[path.parent.name] = max(found.get(path.parent.name, -1), int(match[1]))
+    return found
+
+
+def kill_all(marker: str, timeout: float = 30) -> None:
+    """SIGKILL every process of the sweep (Ray's included) until none is left."""
+    deadline = time.monotonic() + timeout
+    while left := of_the_sweep(marker):
+        assert time.monotonic() < deadline, f"processes {left} survived SIGKILL"
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+
+
+def wait_until(condition, what: str, driver: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert driver.poll() is None, f"the sweep ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout:.0f} s"
         time.sleep(0.1)
-    driver.send_signal(signal.SIGINT)  # what Ctrl-C does: Tune saves its state and stops
-    driver.wait(timeout=120)
 
 
-def test_interrupted_sweep_resumes_without_duplicates(tmp_path: Path, npz_path: Path) -> None:
+def test_killed_workers_and_driver_lose_nothing(tmp_path: Path, npz_path: Path,
+                                                ray_temp_dir: Path) -> None:
+    marker = uuid.uuid4().hex
+    env = {**os.environ, "LT_TEST_MARKER": marker, "RAY_TMPDIR": str(ray_temp_dir)}
     args = ["run", str(QUICKSTART),
             *small_sweep_args(npz_path, tmp_path, levels=LEVELS, length="2ep",
                               train_split="train[:4000]")]
     results = tmp_path / "lt_results" / "quickstart"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    _interrupt_after_first_checkpoints(args, tmp_path, results)
+    driver = subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # A trial's worker killed: Tune restarts the trial from its last finished level.
+        wait_until(lambda: any(index >= 1 for index in checkpoints(results).values()),
+                   "trial at level 1", driver)
+        at_kill = {name: index for name, index in checkpoints(results).items() if index >= 1}
+        workers = of_the_sweep(marker, trials_only=True)
+        assert workers, "no trial worker process found"
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: any(checkpoints(results).get(name, -1) > index
+                               for name, index in at_kill.items()),
+                   "level of a killed trial's restart", driver)
+
+        # The driver killed with everything it started: no shutdown code runs.
+        kill_all(marker)
+        driver.wait(timeout=30)
+    finally:
+        kill_all(marker)
 
     _, trials = sweep_runs(uri, "quickstart")
     logged_before = {r.data.tags["ray_trial_id"]: metric_steps(uri, r.info.run_id, "test_acc")
                      for r in trials}
     complete = [steps for steps in logged_before.values() if steps == list(range(LEVELS + 1))]
-    assert len(complete) < 4, "nothing was left to resume: the interruption came too late"
+    assert len(complete) < 4, "nothing was left to resume: the kill came too late"
 
     # An interrupted sweep cannot be refined yet: one line, exit 2, nothing written.
     files = sorted(results.rglob("*"))
