@@ -84,4 +84,3 @@ def ray_temp_dir() -> Iterator[Path]:
         yield temp
     finally:
         shutil.rmtree(temp, ignore_errors=True)
-

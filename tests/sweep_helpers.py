@@ -106,3 +106,14 @@ def live_pids(match: Callable[[bytes, bytes], bool]) -> list[int]:
         if match(cmdline, environ):
             found.append(int(entry.name))
     return found
+
+
+MARKER = "LT_TEST_MARKER"  # in the environment of a test's sweep, inherited by all it starts
+
+
+def marked_pids(marker: str, cmdline_prefix: bytes = b"") -> list[int]:
+    """Live processes whose environment holds ``MARKER=marker`` (and whose command line starts
+    with ``cmdline_prefix``)."""
+    tag = f"{MARKER}={marker}".encode()
+    return live_pids(lambda cmdline, environ: tag in environ
+                     and cmdline.startswith(cmdline_prefix))

@@ -16,15 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.sweep_helpers import (QUICKSTART, live_pids, metric_steps, small_sweep_args,
-                                 sweep_runs)
+from tests.sweep_helpers import (MARKER, QUICKSTART, marked_pids, metric_steps,
+                                 small_sweep_args, sweep_runs)
 
 LEVELS = 4
-
-
-def processes_with(marker: bytes) -> list[int]:
-    """Live (not zombie) processes whose environment holds ``marker``."""
-    return live_pids(lambda cmdline, environ: marker in environ)
 
 
 def levels_logged(db: Path) -> int:
@@ -40,7 +35,7 @@ def levels_logged(db: Path) -> int:
 
 
 def start_sweep(tmp: Path, npz: Path, marker: str, ray_temp: Path) -> subprocess.Popen:
-    env = {**os.environ, "LT_TEST_MARKER": marker, "RAY_TMPDIR": str(ray_temp)}
+    env = {**os.environ, MARKER: marker, "RAY_TMPDIR": str(ray_temp)}
     return subprocess.Popen(
         [sys.executable, "-m", "sweeps.cli", "run", str(QUICKSTART),
          *small_sweep_args(npz, tmp, levels=LEVELS)],
@@ -49,8 +44,7 @@ def start_sweep(tmp: Path, npz: Path, marker: str, ray_temp: Path) -> subprocess
 
 def wait_gone(marker: str, timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
-    while (left := processes_with(f"LT_TEST_MARKER={marker}".encode())) and \
-            time.monotonic() < deadline:
+    while (left := marked_pids(marker)) and time.monotonic() < deadline:
         time.sleep(0.5)
     return left
 
@@ -78,7 +72,7 @@ def test_a_signal_stops_the_sweep_cleanly_and_resume_finishes_it(tmp_path, npz_p
         return  # the resume after SIGTERM shows the state is whole; once is enough
     done = subprocess.run([sys.executable, "-m", "sweeps.cli", "resume", str(results)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "LT_TEST_MARKER": marker})
+                          env={**os.environ, MARKER: marker})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     _, trials = sweep_runs(uri, "quickstart")

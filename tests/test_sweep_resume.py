@@ -19,20 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.sweep_helpers import (QUICKSTART, live_pids, metric_steps, run_cli, small_sweep_args,
-                                 sweep_runs)
+from tests.sweep_helpers import (MARKER, QUICKSTART, marked_pids, metric_steps, run_cli,
+                                 small_sweep_args, sweep_runs)
 
 pytestmark = pytest.mark.slow  # each test runs `lt-sweep` end to end, or reads such a run
 
 LEVELS = 4
-
-
-def of_the_sweep(marker: str, trials_only: bool = False) -> list[int]:
-    """Live processes carrying the sweep's marker in their environment (with ``trials_only``,
-    only Tune's trial actors: ``ray::ImplicitFunc``)."""
-    tag = f"LT_TEST_MARKER={marker}".encode()
-    return live_pids(lambda cmdline, environ: tag in environ and (
-        not trials_only or cmdline.startswith(b"ray::ImplicitFunc")))
 
 
 def checkpoints(results: Path) -> dict[str, int]:
@@ -48,7 +40,7 @@ def checkpoints(results: Path) -> dict[str, int]:
 def kill_all(marker: str, timeout: float = 30) -> None:
     """SIGKILL every process of the sweep (Ray's included) until none is left (cleanup)."""
     deadline = time.monotonic() + timeout
-    while left := of_the_sweep(marker):
+    while left := marked_pids(marker):
         assert time.monotonic() < deadline, f"processes {left} survived SIGKILL"
         for pid in left:
             try:
@@ -69,7 +61,7 @@ def wait_until(condition, what: str, driver: subprocess.Popen, timeout: float = 
 def test_a_killed_worker_restarts_and_an_interrupted_sweep_resumes_without_duplicates(
         tmp_path: Path, npz_path: Path, ray_temp_dir: Path) -> None:
     marker = uuid.uuid4().hex
-    env = {**os.environ, "LT_TEST_MARKER": marker, "RAY_TMPDIR": str(ray_temp_dir)}
+    env = {**os.environ, MARKER: marker, "RAY_TMPDIR": str(ray_temp_dir)}
     args = ["run", str(QUICKSTART),
             *small_sweep_args(npz_path, tmp_path, levels=LEVELS, length="2ep",
                               train_split="train[:4000]")]
@@ -82,7 +74,7 @@ def test_a_killed_worker_restarts_and_an_interrupted_sweep_resumes_without_dupli
         wait_until(lambda: any(index >= 1 for index in checkpoints(results).values()),
                    "trial at level 1", driver)
         at_kill = {name: index for name, index in checkpoints(results).items() if index >= 1}
-        workers = of_the_sweep(marker, trials_only=True)
+        workers = marked_pids(marker, cmdline_prefix=b"ray::ImplicitFunc")  # Tune's trial actors
         assert workers, "no trial worker process found"
         for pid in workers:
             os.kill(pid, signal.SIGKILL)
