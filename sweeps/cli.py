@@ -67,13 +67,12 @@ def _finish(study, results, logger=None) -> int:
     """A sweep command's end: the breakdown table (the driver's, or read from MLflow) and the
     link that opens the MLflow UI on the sweep; or, when MLflow does not answer, what it lacks
     and how to log it later."""
+    from sweeps import runner
     from sweeps.tracking import UNREACHABLE, short_reason
 
     if logger is not None:
         # The trials are done: Ray shuts down while the logger writes the sweep's summary.
-        import ray
-
-        ray.shutdown()
+        runner.stop_ray()
         logger.finish_summary()
     results_dir = study.storage_path / study.name
     unlogged, error = (logger.unlogged(), logger.error) if logger is not None else (None, None)
@@ -300,9 +299,7 @@ def entry() -> None:
         code = 130
     runner = sys.modules.get("sweeps.runner")
     if runner is not None and runner.RAY_STARTED.is_set():
-        import ray
-
-        ray.shutdown()  # done already after a finished sweep; else also a half-started local Ray
+        runner.stop_ray()  # done already after a finished sweep; else a half-started local Ray
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
