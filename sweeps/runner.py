@@ -14,11 +14,12 @@ import yaml
 from lt_core.breakdown import grid_breakdown, refinement_plan
 from lt_core.config import ConfigError
 from lt_core.imp import run_records
+from lt_core.rundir import atomic_write_json
 from sweeps.background import InBackground
 from sweeps.signals import stop_on_signals, tune_run_over
 from sweeps.study import (MAX_REFINE_STEPS, Study, check_networks, load_study,
                           refuse_refining_transfer)
-from sweeps.trainable import REFINE_KEY, imp_trial, refine_trial, run_directory
+from sweeps.trainable import REFINE_KEY, REPORTED_FILE, imp_trial, refine_trial, run_directory
 
 STUDY_FILE = "lt_study.yaml"  # the resolved study, kept with the results for `lt-sweep resume`
 REFINE_DIR = "refine"  # Tune's own state of the last `lt-sweep refine`, inside the results dir
@@ -215,12 +216,44 @@ def load_results(results_dir: Path, overrides: list[str] = ()) -> Study:
     return load_study(study_file, overrides)
 
 
+def remake_missing_checkpoints(results_dir: Path) -> int:
+    """Tune saves the experiment's state every few seconds, but deletes a trial's checkpoints
+    beyond the last two (``num_to_keep``) as soon as a newer one arrives. A driver killed in
+    between leaves a state that names checkpoints already deleted: restoring that trial fails
+    ("Could not recover from checkpoint as it does not exist on storage anymore"), and so would
+    deleting them later. Each such folder of an unfinished trial is made again: a copy of the
+    trial's newest checkpoint that is surely whole (a newer one followed it; the newest may have
+    been cut off by the kill), with its points reported emptied. The driver may not have received
+    that checkpoint's last points before it died, so the trial reports every finished point
+    again, and MLflow keeps each value once. Returns how many folders were made."""
+    made = 0
+    for trial in sweep_trials(results_dir):
+        if trial.status == "TERMINATED":
+            continue
+        manager = trial.run_metadata.checkpoint_manager
+        named = [result for result in (*manager.best_checkpoint_results,
+                                       manager.latest_checkpoint_result) if result is not None]
+        trial_dir = results_dir / Path(trial.path).name  # where the results directory is now
+        on_disk = sorted(trial_dir.glob("checkpoint_*"))
+        whole = on_disk[-2:-1]
+        for folder in sorted({trial_dir / Path(result.checkpoint.path).name
+                              for result in named} - set(on_disk)):
+            if whole:
+                shutil.copytree(whole[0], folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            for reported in folder.rglob(REPORTED_FILE):
+                atomic_write_json({"reported": []}, reported)
+            made += 1
+    return made
+
+
 def resume_sweep(results_dir: Path, address: str | None = None, verbose: bool = False,
                  wait_for_resources: bool = False):
     from ray import tune
 
     study = load_results(results_dir)
     ensure_resources(study, address, verbose, wait_for_resources)
+    remake_missing_checkpoints(results_dir)
     start_ray(address, verbose)
     tuner = tune.Tuner.restore(str(results_dir), trainable=trainable_for(study),
                                resume_unfinished=True, resume_errored=True,
