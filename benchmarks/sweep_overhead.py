@@ -13,7 +13,10 @@ Three figures:
   allows. On a 2-vCPU VM two busy processes slow each other down (shared cache and memory
   bandwidth), so the ceiling is below the nominal 2x.
 - the sweep.
-The speed-up is alone / sweep. The driver's cost is sweep / side by side.
+The speed-up is alone / sweep. The driver's cost is sweep / side by side. The sweep's time is
+also split, from its trials' run directories: its start (until the first trial's run directory
+is made: imports, validation, Ray's start, the first trial workers' start), the trials, and its
+end (after the last trial's last file: the sweep's summary, Ray's shutdown).
 
 On Linux it also counts CPU seconds (user + system): of the side-by-side processes, and of the
 sweep's process tree split into the driver, Ray's own processes (GCS, raylet, dashboard, monitors,
@@ -120,6 +123,14 @@ def lt_sweep(*args: str, cwd: Path, count_cpu: bool = False) -> tuple[float, dic
     return time.perf_counter() - started, tree.stop() if tree else {}
 
 
+def phases(launched: float, ended: float, runs: Path) -> tuple[float, float, float]:
+    """(start, trials, end) seconds of a sweep launched and ended at these wall-clock times, whose
+    trials' run directories are under ``runs``."""
+    starts = [path.stat().st_mtime for path in runs.glob("*/config.yaml")]
+    last = max(path.stat().st_mtime for path in runs.rglob("*") if path.is_file())
+    return min(starts) - launched, last - min(starts), ended - last
+
+
 def side_by_side(paths: list[Path], at_once: int, cwd: Path) -> float:
     """Seconds to run these configs with `lt-sweep imp`, ``at_once`` processes at a time."""
     started, pending, running = time.perf_counter(), list(paths), []
@@ -160,7 +171,8 @@ def main() -> None:
     overrides = [f"base.data.path={NPZ}", *args.overrides]
     from sweeps.study import load_study
 
-    cpus = load_study(args.study, overrides).resources.cpu
+    study = load_study(args.study, overrides)
+    cpus, study_name = study.resources.cpu, study.name
     at_once = max(1, int((os.cpu_count() or 1) // cpus))
     with tempfile.TemporaryDirectory() as temp:
         work = Path(temp)
@@ -175,16 +187,22 @@ def main() -> None:
             cpu_before = children_cpu()
             pairs.append(side_by_side(paths, at_once, work))
             pair_cpu = children_cpu() - cpu_before
+            launched = time.time()
             seconds, sweep_cpu = lt_sweep(
                 "run", str(args.study), *(f"--set={o}" for o in overrides),
                 f"--set=tracking.uri=sqlite:///{work / f'mlflow{round_}.db'}",
                 f"--set=run.storage_path={work / f'lt_results{round_}'}", cwd=work,
                 count_cpu=True)
             sweeps.append(seconds)
+            start, trials, end = phases(launched, time.time(), work / f"lt_results{round_}" /
+                                        study_name / "runs")
             print(f"round {round_ + 1}: alone {sum(alone[-1]):.1f} s "
                   f"({' + '.join(f'{a:.1f}' for a in alone[-1])}), side by side "
                   f"{pairs[-1]:.1f} s, sweep {sweeps[-1]:.1f} s: speed-up "
                   f"{sum(alone[-1]) / sweeps[-1]:.2f}x (ceiling {sum(alone[-1]) / pairs[-1]:.2f}x)",
+                  flush=True)
+            print(f"  sweep: start {start:.1f} s (until the first trial's run directory), "
+                  f"trials {trials:.1f} s, end {end:.1f} s (after the last trial's last file)",
                   flush=True)
             if sweep_cpu:
                 print(f"  CPU seconds: side by side {pair_cpu:.1f}; sweep "
