@@ -216,16 +216,22 @@ def load_results(results_dir: Path, overrides: list[str] = ()) -> Study:
     return load_study(study_file, overrides)
 
 
+def _last_written(folder: Path) -> float:
+    return max((path.stat().st_mtime for path in folder.rglob("*")), default=0.0)
+
+
 def remake_missing_checkpoints(results_dir: Path) -> int:
     """Tune saves the experiment's state every few seconds, but deletes a trial's checkpoints
     beyond the last two (``num_to_keep``) as soon as a newer one arrives. A driver killed in
     between leaves a state that names checkpoints already deleted: restoring that trial fails
     ("Could not recover from checkpoint as it does not exist on storage anymore"), and so would
     deleting them later. Each such folder of an unfinished trial is made again: a copy of the
-    trial's newest checkpoint that is surely whole (a newer one followed it; the newest may have
-    been cut off by the kill), with its points reported emptied. The driver may not have received
-    that checkpoint's last points before it died, so the trial reports every finished point
-    again, and MLflow keeps each value once. Returns how many folders were made."""
+    trial's checkpoint written last but one, which is whole (the last may have been cut off by
+    the kill; by time, not number: a resumed trial writes again over numbers its earlier run
+    left), with its points reported emptied. The driver may not have received that checkpoint's
+    last points before it died, so the trial reports every finished point again, and MLflow
+    keeps each value once. A folder appears whole or not at all (made under a temporary name).
+    Returns how many folders were made."""
     made = 0
     for trial in sweep_trials(results_dir):
         if trial.status == "TERMINATED":
@@ -234,15 +240,18 @@ def remake_missing_checkpoints(results_dir: Path) -> int:
         named = [result for result in (*manager.best_checkpoint_results,
                                        manager.latest_checkpoint_result) if result is not None]
         trial_dir = results_dir / Path(trial.path).name  # where the results directory is now
-        on_disk = sorted(trial_dir.glob("checkpoint_*"))
+        on_disk = sorted(trial_dir.glob("checkpoint_*"), key=_last_written)
         whole = on_disk[-2:-1]
         for folder in sorted({trial_dir / Path(result.checkpoint.path).name
                               for result in named} - set(on_disk)):
+            temporary = folder.with_name(f".remade-{folder.name}")
+            shutil.rmtree(temporary, ignore_errors=True)  # left by an interrupted resume
             if whole:
-                shutil.copytree(whole[0], folder)
-            folder.mkdir(parents=True, exist_ok=True)
-            for reported in folder.rglob(REPORTED_FILE):
+                shutil.copytree(whole[0], temporary)
+            temporary.mkdir(parents=True, exist_ok=True)
+            for reported in temporary.rglob(REPORTED_FILE):
                 atomic_write_json({"reported": []}, reported)
+            temporary.rename(folder)
             made += 1
     return made
 
