@@ -220,7 +220,7 @@ def _last_written(folder: Path) -> float:
     return max((path.stat().st_mtime for path in folder.rglob("*")), default=0.0)
 
 
-def remake_missing_checkpoints(results_dir: Path) -> int:
+def remake_missing_checkpoints(results_dir: Path) -> None:
     """Tune saves the experiment's state every few seconds, but deletes a trial's checkpoints
     beyond the last two (``num_to_keep``) as soon as a newer one arrives. A driver killed in
     between leaves a state that names checkpoints already deleted: restoring that trial fails
@@ -230,9 +230,7 @@ def remake_missing_checkpoints(results_dir: Path) -> int:
     the kill; by time, not number: a resumed trial writes again over numbers its earlier run
     left), with its points reported emptied. The driver may not have received that checkpoint's
     last points before it died, so the trial reports every finished point again, and MLflow
-    keeps each value once. A folder appears whole or not at all (made under a temporary name).
-    Returns how many folders were made."""
-    made = 0
+    keeps each value once. A folder appears whole or not at all (made under a temporary name)."""
     for trial in sweep_trials(results_dir):
         if trial.status == "TERMINATED":
             continue
@@ -252,8 +250,6 @@ def remake_missing_checkpoints(results_dir: Path) -> int:
             for reported in temporary.rglob(REPORTED_FILE):
                 atomic_write_json({"reported": []}, reported)
             temporary.rename(folder)
-            made += 1
-    return made
 
 
 def resume_sweep(results_dir: Path, address: str | None = None, verbose: bool = False,

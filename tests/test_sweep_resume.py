@@ -62,7 +62,7 @@ def as_a_killed_driver_leaves_it(results: Path, trial_ids: list[str]) -> int:
         named = sorted(trial_dir.glob("checkpoint_*"))
         if not named:
             continue
-        last = int(named[-1].name.removeprefix("checkpoint_"))
+        last = checkpoints(results)[trial_dir.name]
         for index in (last + 1, last + 2):
             shutil.copytree(named[-1], trial_dir / f"checkpoint_{index:06d}")
         for folder in named:
