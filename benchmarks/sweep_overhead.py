@@ -131,7 +131,15 @@ def phases(launched: float, ended: float, runs: Path) -> tuple[float, float, flo
     return min(starts) - launched, last - min(starts), ended - last
 
 
-def side_by_side(paths: list[Path], at_once: int, cwd: Path) -> float:
+def training(run_dirs: list[Path]) -> float:
+    """Mean seconds of these run directories' training: from the run's config.yaml (written
+    once the process has started and loaded its data) to its last file."""
+    spans = [max(path.stat().st_mtime for path in run.rglob("*") if path.is_file())
+             - (run / "config.yaml").stat().st_mtime for run in run_dirs]
+    return sum(spans) / len(spans)
+
+
+def side_by_side(paths: list[Path], at_once: int, cwd: Path, prefix: str) -> float:
     """Seconds to run these configs with `lt-sweep imp`, ``at_once`` processes at a time."""
     started, pending, running = time.perf_counter(), list(paths), []
     while pending or running:
@@ -139,7 +147,7 @@ def side_by_side(paths: list[Path], at_once: int, cwd: Path) -> float:
             path = pending.pop(0)
             running.append(subprocess.Popen(
                 [sys.executable, "-m", "sweeps.cli", "imp", str(path), "--out",
-                 str(cwd / f"pair_{path.stem}_{time.monotonic_ns()}")],
+                 str(cwd / f"{prefix}_{path.stem}")],
                 cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         time.sleep(0.05)
         for process in [p for p in running if p.poll() is not None]:
@@ -185,7 +193,7 @@ def main() -> None:
             alone.append([lt_sweep("imp", str(p), "--out", str(work / f"alone{round_}_{p.stem}"),
                                    cwd=work)[0] for p in paths])
             cpu_before = children_cpu()
-            pairs.append(side_by_side(paths, at_once, work))
+            pairs.append(side_by_side(paths, at_once, work, f"pair{round_}"))
             pair_cpu = children_cpu() - cpu_before
             launched = time.time()
             seconds, sweep_cpu = lt_sweep(
@@ -203,6 +211,11 @@ def main() -> None:
                   flush=True)
             print(f"  sweep: start {start:.1f} s (until the first trial's run directory), "
                   f"trials {trials:.1f} s, end {end:.1f} s (after the last trial's last file)",
+                  flush=True)
+            print(f"  one trial's training (its run directory's first to last file), mean: "
+                  f"alone {training(list(work.glob(f'alone{round_}_*'))):.1f} s, side by side "
+                  f"{training(list(work.glob(f'pair{round_}_*'))):.1f} s, sweep "
+                  f"{training(list((work / f'lt_results{round_}' / study_name / 'runs').glob('*'))):.1f} s",
                   flush=True)
             if sweep_cpu:
                 print(f"  CPU seconds: side by side {pair_cpu:.1f}; sweep "

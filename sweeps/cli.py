@@ -147,10 +147,17 @@ def run_command(args: argparse.Namespace) -> int:
 def resume_command(args: argparse.Namespace) -> int:
     _quiet_unless(args.verbose)
     ray_environment(args.address)
-    from sweeps.runner import resume_sweep
+    from sweeps.runner import catch_up_tracking, resume_sweep
+    from sweeps.signals import INTERRUPTED
 
-    study, results = resume_sweep(Path(args.results_dir).expanduser().resolve(), args.address,
-                                  args.verbose, args.wait_for_resources)
+    results_dir = Path(args.results_dir).expanduser().resolve()
+    study, results = resume_sweep(results_dir, args.address, args.verbose,
+                                  args.wait_for_resources)
+    if not INTERRUPTED.is_set():
+        outcome = catch_up_tracking(study, results_dir)
+        if outcome is not None and (outcome.created or outcome.updated):
+            print(f"MLflow lacked values of {outcome.created + outcome.updated} trial runs "
+                  f"(unwritten by an earlier driver): logged from {results_dir}")
     return _finish(study, results)
 
 

@@ -266,6 +266,21 @@ def resume_sweep(results_dir: Path, address: str | None = None, verbose: bool = 
     return study, fit(tuner)
 
 
+def catch_up_tracking(study: Study, results_dir: Path):
+    """After ``resume``: what MLflow still lacks of the sweep, logged from its results directory
+    (``lt-sweep sync``). A driver killed earlier may have died holding values it never wrote (a
+    write in flight, or during an MLflow outage) of points its trials' surviving checkpoints count
+    as reported, and of trials that had finished: no trial reports those again. Returns sync's
+    outcome, or None when MLflow does not answer (the command's end then says so)."""
+    from sweeps.errors import TrackingUnavailable
+    from sweeps.sync import sync_sweep
+
+    try:
+        return sync_sweep(study, results_dir)
+    except TrackingUnavailable:
+        return None
+
+
 # ---- lt-sweep refine ---------------------------------------------------------------------------
 def sweep_trials(results_dir: Path) -> list:
     """Every Tune trial of the experiment in ``results_dir`` (finished or not), as Tune's saved

@@ -1,6 +1,7 @@
 """A trial's worker process SIGKILLed mid-level is restarted by Tune from its last finished level;
 the sweep, then interrupted (Ctrl-C) and left as a SIGKILLed driver can leave it, is finished by
-`lt-sweep resume` with the same child runs and every level logged exactly once.
+`lt-sweep resume` with the same child runs and every level logged exactly once, values an
+earlier driver never wrote to MLflow included.
 
 A driver SIGKILLed itself is not reproducible on demand: Tune saves the experiment's state every
 few seconds but deletes checkpoints beyond `num_to_keep` at once, so a kill in between leaves a
@@ -13,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -71,6 +73,16 @@ def as_a_killed_driver_leaves_it(results: Path, trial_ids: list[str]) -> int:
     return changed
 
 
+def as_a_driver_dead_before_writing_leaves_it(database: Path, run_id: str, step: int) -> None:
+    """The run's values at ``step`` taken out of the MLflow store (a SQLite file): what a driver
+    killed while holding them unwritten (a write in flight, an MLflow outage) leaves, although the
+    trial's checkpoints count the point as reported. Not the run's last step (MLflow keeps that
+    one again in ``latest_metrics``)."""
+    with sqlite3.connect(database) as store:
+        assert store.execute("DELETE FROM metrics WHERE run_uuid = ? AND step = ?",
+                             (run_id, step)).rowcount
+
+
 def wait_until(condition, what: str, driver: subprocess.Popen, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -125,6 +137,11 @@ def test_a_killed_worker_restarts_and_an_interrupted_sweep_resumes_without_dupli
     unfinished = [trial_id for trial_id, steps in logged_before.items()
                   if steps != list(range(LEVELS + 1))]
     assert as_a_killed_driver_leaves_it(results, unfinished), "no unfinished trial had a checkpoint"
+    # Values of the trial furthest along never reached MLflow (level 1: kept by its checkpoints).
+    furthest = max(trials, key=lambda r: len(logged_before[r.data.tags["ray_trial_id"]]))
+    assert len(logged_before[furthest.data.tags["ray_trial_id"]]) >= 3
+    as_a_driver_dead_before_writing_leaves_it(tmp_path / "mlflow.db", furthest.info.run_id, 1)
+    assert 1 not in metric_steps(uri, furthest.info.run_id, "test_acc")
     done = run_cli(["resume", str(results)], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -140,3 +157,4 @@ def test_a_killed_worker_restarts_and_an_interrupted_sweep_resumes_without_dupli
         assert run.info.status == "FINISHED"
         assert "breakdown_sparsity" in run.data.metrics
     assert "breakdown sparsity" in done.stdout
+    assert "MLflow lacked values of" in done.stdout, done.stdout
