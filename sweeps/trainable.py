@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from ray import tune
@@ -53,11 +53,17 @@ def run_directory(study: Study, trial_id: str) -> Path:
     return study.storage_path / study.name / "runs" / trial_id
 
 
-def keep_system_sample(run_dir: Path, record: LevelRecord, sample: dict[str, float]) -> None:
-    """The resources measured when a point is first reported, kept beside it."""
+def system_sample(run_dir: Path, record: LevelRecord,
+                  measure: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """The resources measured when a point was first reported, kept beside it: a point reported
+    again (its trial restarted, or resumed) carries the same values, as ``lt-sweep sync`` logs
+    them, whichever of the two reaches MLflow first."""
     path = level_dir(run_dir, record.level, record.sublevel) / SYSTEM_FILE
-    if not path.exists():
-        atomic_write_json(sample, path)
+    if path.exists():
+        return read_json(path)
+    sample = measure()
+    atomic_write_json(sample, path)
+    return sample
 
 
 def point_values(run_dir: Path) -> list[dict[str, Any]]:
@@ -201,8 +207,7 @@ class Reporter:
             if member.seed is not None:
                 result[SEED_RESULT] = member.seed
             result[DEVICE_RESULT] = describe_device(run.device)
-            sample = self.meter.sample()
-            keep_system_sample(run.out, record, sample)
+            sample = system_sample(run.out, record, self.meter.sample)
             tune.report({**result, **sample},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 

@@ -10,6 +10,7 @@ test makes that state from the interrupted sweep's (`as_a_killed_driver_leaves_i
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -137,14 +138,26 @@ def test_a_killed_worker_restarts_and_an_interrupted_sweep_resumes_without_dupli
     unfinished = [trial_id for trial_id, steps in logged_before.items()
                   if steps != list(range(LEVELS + 1))]
     assert as_a_killed_driver_leaves_it(results, unfinished), "no unfinished trial had a checkpoint"
-    # Values of the trial furthest along never reached MLflow (level 1: kept by its checkpoints).
-    furthest = max(trials, key=lambda r: len(logged_before[r.data.tags["ray_trial_id"]]))
-    assert len(logged_before[furthest.data.tags["ray_trial_id"]]) >= 3
+    # Values that never reached MLflow, of points the trials will not report again (the trial
+    # furthest along: finished, or its checkpoints count them), and of points an unfinished trial
+    # will report again (its checkpoints remade: with the resources measured the first time).
+    def steps_before(run) -> list[int]:
+        return logged_before[run.data.tags["ray_trial_id"]]
+
+    furthest = max(trials, key=lambda r: len(steps_before(r)))
+    assert len(steps_before(furthest)) >= 3
     as_a_driver_dead_before_writing_leaves_it(tmp_path / "mlflow.db", furthest.info.run_id, 1)
+    again = max((r for r in trials if r.data.tags["ray_trial_id"] in unfinished
+                 and r is not furthest), key=lambda r: len(steps_before(r)))
+    assert len(steps_before(again)) >= 2, logged_before
+    as_a_driver_dead_before_writing_leaves_it(tmp_path / "mlflow.db", again.info.run_id, 0)
     assert 1 not in metric_steps(uri, furthest.info.run_id, "test_acc")
     done = run_cli(["resume", str(results)], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
 
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
     parents, trials = sweep_runs(uri, "quickstart")
     assert len(parents) == 1
     assert len(trials) == 4
@@ -156,5 +169,14 @@ def test_a_killed_worker_restarts_and_an_interrupted_sweep_resumes_without_dupli
             assert metric_steps(uri, run.info.run_id, key) == list(range(LEVELS + 1)), key
         assert run.info.status == "FINISHED"
         assert "breakdown_sparsity" in run.data.metrics
+        # Each point's resources are those measured when it was first reported, as kept beside
+        # it (a point reported again, or logged by resume's catch-up, carries the same).
+        trial_id = run.data.tags["ray_trial_id"]
+        for system in sorted((results / "runs" / trial_id).glob("level_*/system.json")):
+            step = int(system.parent.name.removeprefix("level_"))
+            for key, value in json.loads(system.read_text()).items():
+                logged = [m.value for m in client.get_metric_history(run.info.run_id, key)
+                          if m.step == step]
+                assert logged == [pytest.approx(value)], (trial_id, step, key)
     assert "breakdown sparsity" in done.stdout
     assert "MLflow lacked values of" in done.stdout, done.stdout
