@@ -153,11 +153,8 @@ def resume_command(args: argparse.Namespace) -> int:
     results_dir = Path(args.results_dir).expanduser().resolve()
     study, results = resume_sweep(results_dir, args.address, args.verbose,
                                   args.wait_for_resources)
-    if not INTERRUPTED.is_set():
-        outcome = catch_up_tracking(study, results_dir)
-        if outcome is not None and (outcome.created or outcome.updated):
-            print(f"MLflow lacked values of {outcome.created + outcome.updated} trial runs "
-                  f"(unwritten by an earlier driver): logged from {results_dir}")
+    if not INTERRUPTED.is_set() and (line := catch_up_tracking(study, results_dir)):
+        print(line)
     return _finish(study, results)
 
 

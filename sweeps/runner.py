@@ -266,19 +266,32 @@ def resume_sweep(results_dir: Path, address: str | None = None, verbose: bool = 
     return study, fit(tuner)
 
 
-def catch_up_tracking(study: Study, results_dir: Path):
+def catch_up_tracking(study: Study, results_dir: Path) -> str | None:
     """After ``resume``: what MLflow still lacks of the sweep, logged from its results directory
     (``lt-sweep sync``). A driver killed earlier may have died holding values it never wrote (a
     write in flight, or during an MLflow outage) of points its trials' surviving checkpoints count
-    as reported, and of trials that had finished: no trial reports those again. Returns sync's
-    outcome, or None when MLflow does not answer (the command's end then says so)."""
+    as reported, and of trials that had finished: no trial reports those again. Returns the line
+    to print: what was logged, or why nothing could be and the command that logs it; None when
+    MLflow held everything."""
     from sweeps.errors import TrackingUnavailable
     from sweeps.sync import sync_sweep
+    from sweeps.tracking import END_WAIT_SECONDS, short_reason, writer
 
+    later = f"`lt-sweep sync {results_dir}` logs what MLflow lacks"
+    try:  # this driver's own writes first: sync reads what MLflow holds
+        writer().submit(lambda: None).result(timeout=END_WAIT_SECONDS)
+    except TimeoutError:
+        return f"MLflow has not taken this driver's last values yet: {later}"
     try:
-        return sync_sweep(study, results_dir)
-    except TrackingUnavailable:
-        return None
+        outcome = sync_sweep(study, results_dir)
+    except TrackingUnavailable as error:
+        return str(error)
+    except Exception as error:  # noqa: BLE001 - the sweep is done: its table must still show
+        return f"MLflow not brought up to date from {results_dir} ({short_reason(error)}): {later}"
+    if outcome.updated:  # created runs included
+        return (f"logged from {results_dir} what MLflow lacked of {outcome.updated} trial "
+                f"run{'s' if outcome.updated > 1 else ''}")
+    return None
 
 
 # ---- lt-sweep refine ---------------------------------------------------------------------------

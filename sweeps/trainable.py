@@ -93,8 +93,8 @@ def point_result(record: LevelRecord, records: list[LevelRecord], rule: Breakdow
 
 def _write_resume_kit(run: ImpRun, folder: Path, reported: set[str], files: list[Path]) -> None:
     """What a restart on a node without the run directory needs (``ImpRun.files_to_continue``),
-    and the points reported so far."""
-    for source in files:
+    the points reported so far, and the resources measured when each was (``system_sample``)."""
+    for source in [*files, *sorted(run.out.rglob(SYSTEM_FILE))]:
         target = folder / source.relative_to(run.out)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)

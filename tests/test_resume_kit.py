@@ -13,7 +13,7 @@ from lt_core.breakdown import BreakdownRule
 from lt_core.config import deep_merge
 from lt_core.imp import ImpRun
 from lt_core.levels import LevelRecord
-from sweeps.trainable import _restore_resume_kit, _write_resume_kit, report_id
+from sweeps.trainable import _restore_resume_kit, _write_resume_kit, report_id, system_sample
 
 RULE = BreakdownRule(10.0, "test_acc")
 REFINE = (["ticket", "reinit"], 2)
@@ -92,3 +92,18 @@ def test_a_stale_run_directory_takes_the_kits_newer_level_metrics(tiny_config, t
     _restore_resume_kit(tmp_path / "new", stale)  # back on node A
     assert _comparable(ImpRun(config, stale, data=tiny_data).records()) == \
         _comparable(run.records())
+
+
+def test_the_kit_carries_the_resources_measured_at_each_points_report(tiny_config, tiny_data,
+                                                                       tmp_path: Path) -> None:
+    config = _config(tiny_config, "rewind", "iterative")
+    run = ImpRun(config, tmp_path / "a", data=tiny_data)
+    record = LevelRecord.from_metrics(run.run_level(run.levels[0]))
+    kept = system_sample(run.out, record, lambda: {"system/cpu_utilization_percentage": 51.5})
+    _write_resume_kit(run, tmp_path / "kit", {report_id(record)}, run.files_to_continue(RULE))
+    _restore_resume_kit(tmp_path / "kit", tmp_path / "b")  # a node without the run directory
+
+    def measure_again() -> dict:
+        raise AssertionError("the point's resources were measured again")
+
+    assert system_sample(tmp_path / "b", record, measure_again) == kept
