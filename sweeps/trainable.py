@@ -53,12 +53,16 @@ def run_directory(study: Study, trial_id: str) -> Path:
     return study.storage_path / study.name / "runs" / trial_id
 
 
+def system_file(run_dir: Path, record: LevelRecord) -> Path:
+    return level_dir(run_dir, record.level, record.sublevel) / SYSTEM_FILE
+
+
 def system_sample(run_dir: Path, record: LevelRecord,
                   measure: Callable[[], dict[str, float]]) -> dict[str, float]:
     """The resources measured when a point was first reported, kept beside it: a point reported
     again (its trial restarted, or resumed) carries the same values, as ``lt-sweep sync`` logs
     them, whichever of the two reaches MLflow first."""
-    path = level_dir(run_dir, record.level, record.sublevel) / SYSTEM_FILE
+    path = system_file(run_dir, record)
     if path.exists():
         return read_json(path)
     sample = measure()
@@ -71,7 +75,7 @@ def point_values(run_dir: Path) -> list[dict[str, Any]]:
     (``LevelRecord.flat``) and the resources measured when it was first reported."""
     values = []
     for record in run_records(run_dir):
-        path = level_dir(run_dir, record.level, record.sublevel) / SYSTEM_FILE
+        path = system_file(run_dir, record)
         values.append({**record.flat(), **(read_json(path) if path.exists() else {})})
     return values
 

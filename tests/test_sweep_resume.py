@@ -10,7 +10,6 @@ test makes that state from the interrupted sweep's (`as_a_killed_driver_leaves_i
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from lt_core.rundir import point_dirs, read_json
+from sweeps.trainable import SYSTEM_FILE
 from tests.sweep_helpers import (MARKER, QUICKSTART, marked_pids, metric_steps, run_cli,
                                  small_sweep_args, sweep_runs)
 
@@ -124,8 +125,9 @@ def test_a_killed_worker_restarts_and_an_interrupted_sweep_resumes_without_dupli
     _, trials = sweep_runs(uri, "quickstart")
     logged_before = {r.data.tags["ray_trial_id"]: metric_steps(uri, r.info.run_id, "test_acc")
                      for r in trials}
-    complete = [steps for steps in logged_before.values() if steps == list(range(LEVELS + 1))]
-    assert len(complete) < 4, "nothing was left to resume: the interruption came too late"
+    unfinished = [trial_id for trial_id, steps in logged_before.items()
+                  if steps != list(range(LEVELS + 1))]
+    assert unfinished, "nothing was left to resume: the interruption came too late"
 
     # An interrupted sweep cannot be refined yet: one line, exit 2, nothing written.
     files = sorted(results.rglob("*"))
@@ -134,9 +136,6 @@ def test_a_killed_worker_restarts_and_an_interrupted_sweep_resumes_without_dupli
     assert "not a finished sweep" in refused.stderr and "lt-sweep resume" in refused.stderr
     assert refused.stderr.count("\n") == 1, refused.stderr
     assert sorted(results.rglob("*")) == files
-
-    unfinished = [trial_id for trial_id, steps in logged_before.items()
-                  if steps != list(range(LEVELS + 1))]
 
     # Values that never reached MLflow. Of points no trial reports again: those of the trial
     # furthest along, finished or left with the checkpoints Ctrl-C left, which count them as
@@ -175,9 +174,11 @@ def test_a_killed_worker_restarts_and_an_interrupted_sweep_resumes_without_dupli
         # Each point's resources are those measured when it was first reported, as kept beside
         # it (a point reported again, or logged by resume's catch-up, carries the same).
         trial_id = run.data.tags["ray_trial_id"]
-        for system in sorted((results / "runs" / trial_id).glob("level_*/system.json")):
-            step = int(system.parent.name.removeprefix("level_"))
-            for key, value in json.loads(system.read_text()).items():
+        for step, sublevel, folder in point_dirs(results / "runs" / trial_id):
+            assert sublevel == 0  # no refinement points in this sweep: step = level
+            if not (folder / SYSTEM_FILE).exists():
+                continue
+            for key, value in read_json(folder / SYSTEM_FILE).items():
                 logged = [m.value for m in client.get_metric_history(run.info.run_id, key)
                           if m.step == step]
                 assert logged == [pytest.approx(value)], (trial_id, step, key)
