@@ -123,19 +123,23 @@ def lt_sweep(*args: str, cwd: Path, count_cpu: bool = False) -> tuple[float, dic
     return time.perf_counter() - started, tree.stop() if tree else {}
 
 
+def last_file(folder: Path) -> float:
+    """When the last file under ``folder`` was written."""
+    return max(path.stat().st_mtime for path in folder.rglob("*") if path.is_file())
+
+
 def phases(launched: float, ended: float, runs: Path) -> tuple[float, float, float]:
     """(start, trials, end) seconds of a sweep launched and ended at these wall-clock times, whose
     trials' run directories are under ``runs``."""
-    starts = [path.stat().st_mtime for path in runs.glob("*/config.yaml")]
-    last = max(path.stat().st_mtime for path in runs.rglob("*") if path.is_file())
-    return min(starts) - launched, last - min(starts), ended - last
+    first = min(path.stat().st_mtime for path in runs.glob("*/config.yaml"))
+    last = last_file(runs)
+    return first - launched, last - first, ended - last
 
 
 def training(run_dirs: list[Path]) -> float:
     """Mean seconds of these run directories' training: from the run's config.yaml (written
     once the process has started and loaded its data) to its last file."""
-    spans = [max(path.stat().st_mtime for path in run.rglob("*") if path.is_file())
-             - (run / "config.yaml").stat().st_mtime for run in run_dirs]
+    spans = [last_file(run) - (run / "config.yaml").stat().st_mtime for run in run_dirs]
     return sum(spans) / len(spans)
 
 
@@ -202,8 +206,8 @@ def main() -> None:
                 f"--set=run.storage_path={work / f'lt_results{round_}'}", cwd=work,
                 count_cpu=True)
             sweeps.append(seconds)
-            start, trials, end = phases(launched, time.time(), work / f"lt_results{round_}" /
-                                        study_name / "runs")
+            runs = work / f"lt_results{round_}" / study_name / "runs"
+            start, trials, end = phases(launched, time.time(), runs)
             print(f"round {round_ + 1}: alone {sum(alone[-1]):.1f} s "
                   f"({' + '.join(f'{a:.1f}' for a in alone[-1])}), side by side "
                   f"{pairs[-1]:.1f} s, sweep {sweeps[-1]:.1f} s: speed-up "
@@ -215,7 +219,7 @@ def main() -> None:
             print(f"  one trial's training (its run directory's first to last file), mean: "
                   f"alone {training(list(work.glob(f'alone{round_}_*'))):.1f} s, side by side "
                   f"{training(list(work.glob(f'pair{round_}_*'))):.1f} s, sweep "
-                  f"{training(list((work / f'lt_results{round_}' / study_name / 'runs').glob('*'))):.1f} s",
+                  f"{training(list(runs.glob('*'))):.1f} s",
                   flush=True)
             if sweep_cpu:
                 print(f"  CPU seconds: side by side {pair_cpu:.1f}; sweep "
