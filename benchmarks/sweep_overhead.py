@@ -18,6 +18,12 @@ also split, from its trials' run directories: its start (until the first trial's
 is made: imports, validation, Ray's start, the first trial workers' start), the trials, and its
 end (after the last trial's last file: the sweep's summary, Ray's shutdown).
 
+Beside them, Ray's floor (benchmarks/ray_floor.py): the least any Ray sweep's start plus end can
+be here (torch imported for validation, Ray started and stopped as lt-sweep does, one actor per
+trial run at once started and importing torch), with no lt-sweep code run. It bounds the speed-up
+any sweep on Ray could reach on this machine: alone / (floor + trials), with the sweep's own trials
+and with trials trained as fast as side by side (each wave of trials their mean training there).
+
 On Linux it also counts CPU seconds (user + system): of the side-by-side processes, and of the
 sweep's process tree split into the driver, Ray's own processes (GCS, raylet, dashboard, monitors,
 agents) and Ray's worker processes (the trials, their imports included). On a machine whose cores
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import resource
 import subprocess
@@ -161,6 +168,14 @@ def side_by_side(paths: list[Path], at_once: int, cwd: Path, prefix: str) -> flo
     return time.perf_counter() - started
 
 
+def ray_floor(actors: int, cpus: float, cwd: Path) -> dict[str, float]:
+    """benchmarks/ray_floor.py's seconds, in a fresh process."""
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ray_floor.py"),
+                          "--actors", str(actors), "--cpus", str(cpus)],
+                         cwd=cwd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def trial_configs(study_path: Path, overrides: list[str]) -> list[dict]:
     """The experiment configs of the study's grid, as the sweep resolves them."""
     from sweeps.study import load_study, trial_config
@@ -192,7 +207,7 @@ def main() -> None:
         for index, config in enumerate(trial_configs(args.study, overrides)):
             paths.append(work / f"trial{index}.yaml")
             paths[-1].write_text(yaml.safe_dump(config))
-        alone, pairs, sweeps = [], [], []
+        alone, pairs, sweeps, bounds = [], [], [], []
         for round_ in range(args.repeat):
             alone.append([lt_sweep("imp", str(p), "--out", str(work / f"alone{round_}_{p.stem}"),
                                    cwd=work)[0] for p in paths])
@@ -216,11 +231,21 @@ def main() -> None:
             print(f"  sweep: start {start:.1f} s (until the first trial's run directory), "
                   f"trials {trials:.1f} s, end {end:.1f} s (after the last trial's last file)",
                   flush=True)
+            pair_training = training(list(work.glob(f"pair{round_}_*")))
             print(f"  one trial's training (its run directory's first to last file), mean: "
                   f"alone {training(list(work.glob(f'alone{round_}_*'))):.1f} s, side by side "
-                  f"{training(list(work.glob(f'pair{round_}_*'))):.1f} s, sweep "
+                  f"{pair_training:.1f} s, sweep "
                   f"{training(list(runs.glob('*'))):.1f} s",
                   flush=True)
+            floor = ray_floor(at_once, cpus, work)
+            # Trials as fast as side by side: each wave of trials takes their mean training.
+            ideal = -(-len(paths) // at_once) * pair_training
+            bounds.append(sum(alone[-1]) / (floor["total"] + ideal))
+            print(f"  Ray's floor {floor['total']:.1f} s ("
+                  + ", ".join(f"{k} {v:.1f}" for k, v in floor.items() if k != "total")
+                  + f"): no Ray sweep beats {sum(alone[-1]) / (floor['total'] + trials):.2f}x "
+                  f"with this sweep's trials, {bounds[-1]:.2f}x with trials trained as fast as "
+                  f"side by side", flush=True)
             if sweep_cpu:
                 print(f"  CPU seconds: side by side {pair_cpu:.1f}; sweep "
                       f"{sum(sweep_cpu.values()):.1f} = "
@@ -235,6 +260,8 @@ def main() -> None:
         print(f"  lt-sweep run:             {best_sweep:.1f} s: speed-up "
               f"{best_alone / best_sweep:.2f}x; the sweep takes {best_sweep / best_pair:.2f}x "
               f"the ceiling's time")
+        print(f"  any sweep on Ray:         at most {max(bounds):.2f}x (Ray's own start and stop, "
+              f"trials trained as fast as side by side)")
 
 
 if __name__ == "__main__":
