@@ -9,6 +9,7 @@ gradients, ReLUs flip at zero): accuracies agree to within one test image."""
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import pytest
@@ -134,10 +135,12 @@ def test_a_diverging_network_leaves_the_group_and_the_others_go_on(name, shape) 
     data = generated_data(shape, augment=False)
     config = TrainConfig(optimizer="sgd", lr=0.02, batch_size=8, length=f"{STEPS}it",
                          eval_every="4it")
-    # BatchNorm keeps a ResNet finite for long: at 1e12 its loss stayed finite for all 12 steps
-    # with one torch thread (and went inf with two); 1e20 diverges within 6 steps either way.
-    lrs = [0.02, 1e6, 0.02] if name == "lenet_300_100" else [0.02, 1e20, 0.02]
-    alone, fused = tasks_for(name, shape, [0, 0, 1], lrs), tasks_for(name, shape, [0, 0, 1], lrs)
+    # The middle network trains 4 steps, then its rate turns infinite: its weights are NaN after
+    # step 5 whatever the order of the arithmetic (a huge finite rate overflows at a step that
+    # depends on rounding, which differs between fused and alone and between torch builds).
+    alone, fused = tasks_for(name, shape, [0, 0, 1]), tasks_for(name, shape, [0, 0, 1])
+    for tasks in (alone, fused):
+        tasks[1].lr_at = lambda i: 0.02 if i < 4 else math.inf
     outcomes_a = train_tasks(alone, data, config, fuse=False)
     outcomes_b = train_tasks(fused, data, config, fuse=True)
     assert outcomes_a[1].status == STATUS_DIVERGED
