@@ -100,16 +100,14 @@ def make_searcher(study: Study):
 
         return BasicVariantGenerator(random_state=search.seed,
                                      max_concurrent=search.max_concurrent or 0)
-    import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    samplers = {"tpe": optuna.samplers.TPESampler, "gp": optuna.samplers.GPSampler,
-                "nsga2": optuna.samplers.NSGAIISampler}
+    from sweeps.samplers import SAMPLERS
     objectives = list(search.objective)
     metric = objectives if len(objectives) > 1 else objectives[0]
     mode = ["max"] * len(objectives) if len(objectives) > 1 else "max"
-    searcher = OptunaSearch(metric=metric, mode=mode, sampler=samplers[search.sampler](
+    searcher = OptunaSearch(metric=metric, mode=mode, sampler=SAMPLERS[search.sampler](
         seed=search.seed))
     if search.max_concurrent:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent)

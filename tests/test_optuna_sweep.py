@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import optuna
 import pytest
+from ray import cloudpickle
 
 from lt_core.rundir import level_dir
 from sweeps.runner import make_searcher
@@ -27,6 +29,13 @@ def test_searcher_uses_the_chosen_sampler(sampler, objective, expected) -> None:
     assert isinstance(searcher._sampler, expected)
     objectives = objective.strip("[]").split(", ")
     assert searcher.metric == (objectives if len(objectives) > 1 else objectives[0])
+    # Tune pickles the searcher (sampler and all) with the Tuner and in its state snapshots,
+    # which resume loads (Optuna 5.1's NSGA-II sampler holds a lock, which does not pickle).
+    sampler = pickle.loads(cloudpickle.dumps(searcher))._sampler
+    assert isinstance(sampler, expected)
+    trials = optuna.create_study(sampler=sampler, directions=["maximize"] * len(objectives))
+    trials.optimize(lambda trial: [trial.suggest_float("x", 0, 1)] * len(objectives), n_trials=3)
+    assert len(trials.trials) == 3
 
 
 @pytest.mark.slow
