@@ -22,6 +22,7 @@ from lt_core.metrics import TICKET
 from lt_core.models import MODELS
 from lt_core.pruning import CRITERIA
 from lt_core.retrain import RETRAIN_MODES
+from lt_core.stability import THRESHOLD_PP
 from lt_core.steps import Step
 
 
@@ -193,7 +194,7 @@ class ImpConfig(_Strict):
 class InstabilityConfig(_Strict):
     """Options of the instability analysis (lt_core.analyses.instability)."""
     points: int = Field(30, ge=3)  # evaluated points on the line between the copies, ends included
-    threshold: float = Field(2.0, gt=0.0)  # error barrier (pp) above which a network is unstable
+    threshold: float = Field(THRESHOLD_PP, gt=0.0)  # barrier (pp) above which it is unstable
     train_examples: int = Field(5000, ge=1)  # train error and BatchNorm statistics on these
 
 

@@ -56,7 +56,7 @@ from lt_core.rundir import (analysis_curves, analysis_dir, analysis_result_file,
                             atomic_write_json, atomic_write_text, config_file, copy_files,
                             final_file, init_file, level_dir, load_tensors, mask_file,
                             metrics_file, NetworkFiles, network_files, point_dirs, read_json,
-                            rewind_file, rewind_optimizer_file, transfer_file)
+                            rewind_file, rewind_optimizer_file, run_records, transfer_file)
 from lt_core.steps import Step
 from lt_core.training import TrainOutcome, steps_per_epoch, total_iterations
 from lt_core.transfer import transfer_levels, transferred_masks, transferred_state
@@ -88,12 +88,6 @@ def grid_levels(config: ExperimentConfig) -> list[int]:
     if config.imp.ticket_from is not None:
         return transfer_levels(config)
     return list(range(config.imp.levels + 1))
-
-
-def run_records(out: Path) -> list[LevelRecord]:
-    """Every finished level and refinement point of a run directory, in level order."""
-    return [LevelRecord.from_metrics(read_json(metrics_file(folder)))
-            for _, _, folder in point_dirs(Path(out)) if metrics_file(folder).exists()]
 
 
 class ImpRun:

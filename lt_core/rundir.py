@@ -21,11 +21,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from lt_core.levels import LevelRecord
 from lt_core.metrics import TICKET
+
+if TYPE_CHECKING:  # torch is imported where tensors are saved or loaded: reading a run's
+    import torch   # records (lt-sweep report) does without it
 
 _POINT_DIR = re.compile(r"^level_(\d{2,})(?:\.(\d{3}))?$")
 
@@ -134,6 +136,8 @@ def _replace_from_temp(path: Path, write) -> None:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
+    import torch
+
     _replace_from_temp(path, lambda temp: torch.save(obj, temp))
 
 
@@ -147,8 +151,16 @@ def atomic_write_json(obj: Any, path: Path) -> None:
 
 
 def load_tensors(path: Path, device: torch.device | str = "cpu") -> Any:
+    import torch
+
     return torch.load(path, map_location=device, weights_only=True)
 
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def run_records(out: Path) -> list[LevelRecord]:
+    """Every finished level and refinement point of a run directory, in level order."""
+    return [LevelRecord.from_metrics(read_json(metrics_file(folder)))
+            for _, _, folder in point_dirs(Path(out)) if metrics_file(folder).exists()]

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from lt_core.levels import LevelRecord, sort_records
 from lt_core.metrics import INSTABILITY
 
+THRESHOLD_PP = 2.0  # the default of instability.threshold (lt_core.config.InstabilityConfig)
+
 
 @dataclass(frozen=True)
 class Onset:

@@ -29,12 +29,11 @@ from mlflow.entities import Run
 
 from lt_core.breakdown import (Breakdown, BreakdownRule, SeedAggregate, aggregate, divergence,
                                locate)
-from lt_core.config import InstabilityConfig
-from lt_core.imp import run_records
 from lt_core.levels import LevelRecord, networks_in
 from lt_core.metrics import (ACCURACY_METRICS, DIVERGED, INSTABILITY, TICKET, metric_name,
                              split_metric_name)
-from lt_core.stability import Onset, instability_onset
+from lt_core.rundir import run_records
+from lt_core.stability import THRESHOLD_PP, Onset, instability_onset
 from sweeps.errors import ReportUnavailable
 from sweeps.layout import (CONFIG_TAG, METRIC_PARAM, REFINE_PREFIX, ROLE_TAG, SWEEP_TAG,
                            TICKET_FROM_TAG, TOLERANCE_PARAM, records_from_history, tag_filter)
@@ -45,7 +44,6 @@ DEFAULT_TOLERANCE_PP = 1.0
 DEFAULT_METRIC = "test_acc"
 LEFT_OUT_STATUSES = ("FAILED", "KILLED")
 THRESHOLD_PARAM = "instability.threshold"  # a trial run's param (its resolved config)
-DEFAULT_THRESHOLD_PP = InstabilityConfig.model_fields["threshold"].default
 
 
 def search_all_runs(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> list[Run]:
@@ -104,7 +102,7 @@ class TrialLevels:
     run_id: str
     label: str
     records: list[LevelRecord]
-    threshold_pp: float = DEFAULT_THRESHOLD_PP  # instability above this is unstable
+    threshold_pp: float = THRESHOLD_PP  # instability above this is unstable
     source: str | None = None  # a transfer's source run directory (imp.ticket_from)
 
     @property
@@ -299,7 +297,7 @@ class Report:
     @property
     def threshold_pp(self) -> float:
         found = {t.threshold_pp for c in self.configurations for t in c.trials}
-        return found.pop() if len(found) == 1 else DEFAULT_THRESHOLD_PP
+        return found.pop() if len(found) == 1 else THRESHOLD_PP
 
     def rows(self) -> list[dict[str, float | int | str]]:
         """One flat record per configuration; accuracies and sparsities as fractions, empty
@@ -525,7 +523,7 @@ def _trial_levels(client: MlflowClient, run: Run, label: str, metric: str) -> Tr
     if not records or records[0].point_id != (0, 0) or \
             records[0].value(TICKET, metric) is None:
         return None
-    threshold = float(run.data.params.get(THRESHOLD_PARAM, DEFAULT_THRESHOLD_PP))
+    threshold = float(run.data.params.get(THRESHOLD_PARAM, THRESHOLD_PP))
     return TrialLevels(run.info.run_id, label, records, threshold,
                        run.data.tags.get(TICKET_FROM_TAG))
 

@@ -13,8 +13,7 @@ import yaml
 
 from lt_core.breakdown import grid_breakdown, refinement_plan
 from lt_core.config import ConfigError
-from lt_core.imp import run_records
-from lt_core.rundir import atomic_write_json
+from lt_core.rundir import atomic_write_json, run_records
 from sweeps.background import InBackground
 from sweeps.signals import stop_on_signals, tune_run_over
 from sweeps.study import (MAX_REFINE_STEPS, Study, check_networks, load_study,

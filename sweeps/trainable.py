@@ -33,10 +33,10 @@ from ray import tune
 from lt_core.breakdown import BreakdownRule, levels_below, trial_summary
 from lt_core.config import ExperimentConfig
 from lt_core.data import TensorData, load_dataset
-from lt_core.imp import (ImpRun, describe_device, resolve_device, run_records,
-                         train_together)
+from lt_core.imp import ImpRun, describe_device, resolve_device, train_together
 from lt_core.levels import LevelRecord
-from lt_core.rundir import atomic_write_json, level_dir, metrics_file, read_json
+from lt_core.rundir import (atomic_write_json, level_dir, metrics_file, read_json,
+                            run_records)
 from sweeps.layout import DEVICE_RESULT, SEED_RESULT, SYSTEM_PREFIX
 from sweeps.study import Study, trial_config
 

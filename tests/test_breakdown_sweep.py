@@ -16,8 +16,7 @@ import yaml
 from mlflow import MlflowClient
 
 from lt_core.breakdown import BreakdownRule, locate
-from lt_core.imp import run_records
-from lt_core.rundir import config_file
+from lt_core.rundir import config_file, run_records
 from sweeps.cli import main
 from sweeps.report import build_report
 from tests.sweep_helpers import quickstart_sweep, run_cli, small_sweep_args, sweep_runs

@@ -22,11 +22,12 @@ from ray.tune.experiment import Trial
 from lt_core.breakdown import (BROKEN, DIVERGED, BreakdownRule, divergence, levels_below, locate,
                                trial_summary)
 from lt_core.controls import CONTROLS, ControlInputs, ControlStart
-from lt_core.imp import ImpRun, run_records
+from lt_core.imp import ImpRun
 from lt_core.levels import LevelRecord
 from lt_core.retrain import RETRAIN_MODES
 from lt_core.retrain.base import RetrainMode
-from lt_core.rundir import atomic_write_json, level_dir, metrics_file, network_files, read_json
+from lt_core.rundir import (atomic_write_json, level_dir, metrics_file, network_files,
+                            read_json, run_records)
 from sweeps.console import SweepConsole
 from sweeps.html_report import html_page
 from sweeps.layout import divergence_tag

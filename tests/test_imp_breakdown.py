@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from lt_core.breakdown import BreakdownRule, locate
-from lt_core.imp import ImpRun, run_records
-from lt_core.rundir import level_dir, load_tensors, mask_file, network_files
+from lt_core.imp import ImpRun
+from lt_core.rundir import level_dir, load_tensors, mask_file, network_files, run_records
 
 
 

@@ -41,3 +41,10 @@ def test_validate_needs_torch_but_not_the_sweep_stack() -> None:
                                     "lt_core.pruning", "lt_core.controls"])
 def test_lt_core_never_imports_the_sweep_stack(module) -> None:
     assert loaded_after(f"import {module}") & {"ray", "mlflow", "optuna"} == set()
+
+
+def test_reading_results_needs_no_torch() -> None:
+    """A run directory's records and the report module load without torch (`lt-sweep report`
+    answers a missing experiment without its import)."""
+    code = "from lt_core.rundir import run_records\nimport sweeps.report"
+    assert loaded_after(code) & {"torch", "torchvision", "ray", "optuna"} == set()

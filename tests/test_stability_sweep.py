@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from lt_core.breakdown import BreakdownRule, aggregate, locate
-from lt_core.imp import ImpRun, run_records
+from lt_core.imp import ImpRun
 from lt_core.metrics import INSTABILITY, TICKET
+from lt_core.rundir import run_records
 from sweeps.report import breakdown_cell
 from sweeps.transfer import resolve_ticket_source
 from tests.sweep_helpers import metric_steps, run_cli, sweep_runs
