@@ -187,10 +187,10 @@ def cpu_bound(alone: float, pair_cpu: float, sweep_cpu: dict[str, float],
     sweep may use beyond the side-by-side trials' own, against what the driver cannot do without
     (benchmarks/driver_floor.py) and what the sweep used."""
     cores, total = os.cpu_count() or 1, sum(sweep_cpu.values())
-    allowed = cores * alone / TARGET - pair_cpu
+    budget = cores * alone / TARGET  # CPU seconds that fit in alone / TARGET seconds
     print(f"  CPU bound: {total:.1f} CPU s on {cores} cores take at least {total / cores:.1f} s: "
           f"at most {alone / (total / cores):.2f}x. {TARGET}x needs at most "
-          f"{cores * alone / TARGET:.1f} CPU s in all, {allowed:.1f} beyond the side-by-side "
+          f"{budget:.1f} CPU s in all, {budget - pair_cpu:.1f} beyond the side-by-side "
           f"trials' {pair_cpu:.1f}; this sweep used {total - pair_cpu:.1f} beyond them, and its "
           f"driver's libraries and new MLflow store alone take {driver['total']:.1f} ("
           + ", ".join(f"{k} {v:.1f}" for k, v in driver.items() if k != "total") + ")",
